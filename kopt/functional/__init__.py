@@ -1,0 +1,42 @@
+"""kopt.functional: pure `init`/`update` optimizer transforms (optax-compatible)."""
+
+from kopt.functional.adam import AdamState, adam
+from kopt.functional.adamw import adamw
+from kopt.functional.base import (
+    Transform,
+    apply_updates,
+    chain,
+    current_learning_rate,
+    iteration_count,
+    set_learning_rate,
+)
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.rmsprop import RMSpropState, rmsprop
+from kopt.functional.sgd import SGDState, sgd
+from kopt.functional.weight_decay import add_decayed_weights
+
+__all__ = [
+    "Transform",
+    "chain",
+    "apply_updates",
+    "iteration_count",
+    "current_learning_rate",
+    "set_learning_rate",
+    "clip_by_norm",
+    "clip_by_value",
+    "clip_by_global_norm",
+    "add_decayed_weights",
+    "Rule",
+    "elementwise_transform",
+    "Packed",
+    "DEFAULT_BUCKET_THRESHOLD",
+    "sgd",
+    "SGDState",
+    "rmsprop",
+    "RMSpropState",
+    "adam",
+    "AdamState",
+    "adamw",
+]

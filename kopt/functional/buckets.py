@@ -1,0 +1,158 @@
+"""Bucketed optimizer state: small leaves share flat buffers, large leaves stay per leaf.
+
+An optimizer step is memory-bound, and on trees with many small leaves the cost is not the
+bytes but one kernel and one output buffer per leaf. So the per-parameter state of the
+elementwise optimizers (Adam's `m` and `v`, say) is stored as a `Packed` value:
+
+- every leaf with at most `bucket_threshold` elements goes into one flat buffer per state
+  dtype (a *bucket*), at an offset chosen once, at `init`;
+- every larger leaf keeps its own array, shaped like the param.
+
+The step concatenates the small gradients, runs the rule once per bucket and slices the
+updates back out, so a thousand small leaves cost about as much as one large one.
+Concatenating *large* leaves would cost an extra copy per step, so they are never bucketed.
+
+The layout is static: it is the pytree aux data of `Packed`, so it needs no params at
+update time and jit specialises on it. Users never see buckets: updates are pytrees like
+params, and `Packed.to_tree()` / `Packed.leaf(i)` give per-param views.
+
+`bucket_threshold=0` turns bucketing off (every leaf then keeps its own array).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DEFAULT_BUCKET_THRESHOLD", "Layout", "Packed", "plan", "state_dtype_for"]
+
+DEFAULT_BUCKET_THRESHOLD = 1 << 16
+"""Leaves with at most this many elements share flat state buffers (65,536 elements)."""
+
+
+def state_dtype_for(dtype) -> np.dtype:
+    """The param's dtype, with a float32 minimum for 16-bit and non-float params."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
+        return dtype
+    return np.dtype(np.float32)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each leaf's state lives. Hashable and static."""
+
+    treedef: Any                               # PyTreeDef of params
+    shapes: tuple[tuple[int, ...], ...]        # per leaf
+    dtypes: tuple[str, ...]                    # state dtype per leaf
+    place: tuple[tuple[int, int, int], ...]    # per leaf: (bucket or -1, offset, size)
+    buckets: tuple[tuple[str, int], ...]       # per bucket: (dtype, total size)
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.shapes)
+
+    def members(self, b: int) -> list[int]:
+        return [i for i, (bi, _, _) in enumerate(self.place) if bi == b]
+
+    def large(self) -> list[int]:
+        return [i for i, (bi, _, _) in enumerate(self.place) if bi < 0]
+
+
+def plan(params, bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+         state_dtype=None) -> Layout:
+    """Choose the layout for `params` (shapes and dtypes are all it reads)."""
+    leaves, treedef = jax.tree.flatten(params)
+    threshold = bucket_threshold or 0
+    shapes, dtypes, place = [], [], []
+    bucket_of: dict[str, int] = {}
+    sizes: list[int] = []
+    for leaf in leaves:
+        shape = tuple(np.shape(leaf))
+        size = int(np.prod(shape, dtype=np.int64))
+        dt = np.dtype(state_dtype) if state_dtype is not None else state_dtype_for(leaf.dtype)
+        shapes.append(shape)
+        dtypes.append(dt.name)
+        if 0 < size <= threshold:
+            b = bucket_of.setdefault(dt.name, len(bucket_of))
+            if b == len(sizes):
+                sizes.append(0)
+            place.append((b, sizes[b], size))
+            sizes[b] += size
+        else:
+            place.append((-1, 0, size))
+    buckets = tuple((name, sizes[b]) for name, b in sorted(bucket_of.items(), key=lambda kv: kv[1]))
+    return Layout(treedef, tuple(shapes), tuple(dtypes), tuple(place), buckets)
+
+
+class Packed:
+    """One per-parameter state slot (e.g. Adam's `m`) in bucketed form.
+
+    Children: `buckets`, one flat array per bucket, and `leaves`, one array per param leaf
+    that is not bucketed (`None` where it is). Aux data: the static `Layout`.
+    """
+
+    __slots__ = ("buckets", "leaves", "layout")
+
+    def __init__(self, buckets, leaves, layout: Layout):
+        self.buckets = tuple(buckets)
+        self.leaves = tuple(leaves)
+        self.layout = layout
+
+    @classmethod
+    def full(cls, layout: Layout, fill: float = 0.0, like=None) -> Packed:
+        """A slot filled with `fill`. Large leaves follow `like`'s leaves (and shardings)."""
+        like_leaves = layout.treedef.flatten_up_to(like) if like is not None else None
+        buckets = [jnp.full((n,), fill, dtype) for dtype, n in layout.buckets]
+        leaves = []
+        for i, (b, _, _) in enumerate(layout.place):
+            if b >= 0:
+                leaves.append(None)
+            elif like_leaves is not None:
+                leaves.append(jnp.full_like(like_leaves[i], fill, dtype=layout.dtypes[i]))
+            else:
+                leaves.append(jnp.full(layout.shapes[i], fill, layout.dtypes[i]))
+        return cls(buckets, leaves, layout)
+
+    @classmethod
+    def from_leaves(cls, layout: Layout, leaves) -> Packed:
+        """Build from one array per param leaf (in flatten order)."""
+        leaves = list(leaves)
+        buckets = []
+        for b, (dtype, _) in enumerate(layout.buckets):
+            parts = [jnp.ravel(jnp.asarray(leaves[i], dtype)) for i in layout.members(b)]
+            buckets.append(jnp.concatenate(parts))
+        large = [
+            jnp.asarray(leaves[i], layout.dtypes[i]) if b < 0 else None
+            for i, (b, _, _) in enumerate(layout.place)
+        ]
+        return cls(buckets, large, layout)
+
+    def leaf(self, i: int) -> jax.Array:
+        """The state of param leaf `i`, shaped like the param."""
+        b, off, size = self.layout.place[i]
+        if b < 0:
+            return self.leaves[i]
+        return self.buckets[b][off:off + size].reshape(self.layout.shapes[i])
+
+    def to_leaves(self) -> list[jax.Array]:
+        return [self.leaf(i) for i in range(self.layout.num_leaves)]
+
+    def to_tree(self):
+        """The state as a pytree shaped like params."""
+        return self.layout.treedef.unflatten(self.to_leaves())
+
+    def __repr__(self):
+        return (f"Packed({self.layout.num_leaves} leaves: {len(self.buckets)} bucket(s) "
+                f"{[n for _, n in self.layout.buckets]}, {len(self.layout.large())} per-leaf)")
+
+
+jax.tree_util.register_pytree_node(
+    Packed,
+    lambda p: ((p.buckets, p.leaves), p.layout),
+    lambda layout, children: Packed(children[0], children[1], layout),
+)

@@ -1,0 +1,104 @@
+"""Keras 3 gradient clipping: per-tensor `clipnorm`, `clipvalue`, and `global_clipnorm`.
+
+Each is a stateless `Transform` for `chain`, and `clip_leaves` applies the one option an
+optimizer was configured with to a list of gradient leaves.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kopt.functional.base import Transform
+
+__all__ = ["clip_by_norm", "clip_by_value", "clip_by_global_norm", "validate_clip_options"]
+
+
+class EmptyState(tuple):
+    """State of a stateless transform."""
+
+
+jax.tree_util.register_pytree_node(EmptyState, lambda s: ((), None), lambda _, __: EmptyState())
+
+
+def validate_clip_options(clipnorm, clipvalue, global_clipnorm):
+    given = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                               ("global_clipnorm", global_clipnorm)) if v is not None}
+    if len(given) > 1:
+        raise ValueError(
+            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+            f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+            f"global_clipnorm={global_clipnorm}"
+        )
+    for k, v in given.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"`{k}` must be a number >= 0. Received: {k}={v!r}")
+
+
+def _norm_clip(g, clip):
+    """Keras's `_clip_by_norm`: g * clip / max(||g||, clip), safe at ||g|| = 0."""
+    l2sum = jnp.sum(jnp.square(g))
+    pred = l2sum > 0
+    l2norm = jnp.where(pred, jnp.sqrt(jnp.where(pred, l2sum, jnp.ones_like(l2sum))), l2sum)
+    clip = jnp.asarray(clip, g.dtype)
+    return g * clip / jnp.maximum(l2norm, clip)
+
+
+def global_norm(leaves):
+    """sqrt of the sum of squares of every leaf, accumulated in float32 or wider."""
+    total = sum(
+        jnp.sum(jnp.square(g.astype(jnp.promote_types(g.dtype, jnp.float32)))) for g in leaves
+    )
+    return jnp.sqrt(total)
+
+
+def _global_clip(leaves, clip):
+    norm = global_norm(leaves)
+    # Keras: clip * min(1/norm, 1/clip), then `+ (norm - norm)` so a NaN norm propagates.
+    scale = clip * jnp.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
+    return [g * scale.astype(g.dtype) for g in leaves]
+
+
+def clip_leaves(leaves, clipnorm=None, clipvalue=None, global_clipnorm=None):
+    """Apply the single configured Keras clip option to `leaves` (a list of arrays).
+
+    As in Keras, an option of 0 disables it.
+    """
+    if clipnorm:
+        return [_norm_clip(g, clipnorm) for g in leaves]
+    if global_clipnorm:
+        return _global_clip(leaves, global_clipnorm)
+    if clipvalue:
+        return [jnp.clip(g, -clipvalue, clipvalue).astype(g.dtype) for g in leaves]
+    return leaves
+
+
+def _stateless(fn):
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        leaves, treedef = jax.tree.flatten(updates)
+        return jax.tree.unflatten(treedef, fn(leaves)), state
+
+    return Transform(init_fn, update_fn)
+
+
+def clip_by_norm(clipnorm: float) -> Transform:
+    """Scale each tensor `g` to `g * clipnorm / max(||g||_2, clipnorm)` (Keras `clipnorm`)."""
+    validate_clip_options(clipnorm, None, None)
+    return _stateless(lambda leaves: clip_leaves(leaves, clipnorm=clipnorm))
+
+
+def clip_by_value(clipvalue: float) -> Transform:
+    """Clip every element to `[-clipvalue, clipvalue]` (Keras `clipvalue`)."""
+    validate_clip_options(None, clipvalue, None)
+    return _stateless(lambda leaves: clip_leaves(leaves, clipvalue=clipvalue))
+
+
+def clip_by_global_norm(global_clipnorm: float) -> Transform:
+    """Scale all tensors by `min(1, global_clipnorm / global_norm)` (Keras `global_clipnorm`)."""
+    validate_clip_options(None, None, global_clipnorm)
+    return _stateless(lambda leaves: clip_leaves(leaves, global_clipnorm=global_clipnorm))

@@ -1,0 +1,92 @@
+"""RMSprop, as `keras.optimizers.RMSprop` (epsilon inside the square root)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kopt.functional.base import Transform
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.validation import check_nonnegative, check_unit_interval
+
+__all__ = ["rmsprop", "RMSpropState"]
+
+
+class RMSpropState(NamedTuple):
+    count: jax.Array             # shape=(), int32: updates applied
+    learning_rate: jax.Array     # shape=(), float32: rate of the next update
+    rms: Packed                  # running mean of g^2, like params
+    momentum: Packed | None = None   # velocity, like params; None when momentum == 0
+    mg: Packed | None = None         # running mean of g, like params; None unless centered
+
+
+def rmsprop(
+    learning_rate=0.001,
+    rho: float = 0.9,
+    momentum: float = 0.0,
+    epsilon: float = 1e-7,
+    centered: bool = False,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask=None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+) -> Transform:
+    r"""RMSprop with Keras 3's formula; epsilon sits inside the square root.
+
+    .. math::
+        r &\leftarrow \rho r + (1-\rho) g^2 \\
+        \bar g &\leftarrow \rho \bar g + (1-\rho) g \quad\text{(centered only)} \\
+        \Delta &= \eta\, g / \sqrt{r - \bar g^2 + \epsilon}
+              \quad(\bar g = 0 \text{ unless centered}) \\
+        \theta &\leftarrow \theta - \Delta
+            \quad\text{or, with momentum } \mu>0:\quad
+            m \leftarrow \mu m + \Delta,\ \theta \leftarrow \theta - m .
+
+    Args:
+      learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
+      rho: discount of the running averages. Default 0.9.
+      momentum: float in [0, 1]. Default 0.0.
+      epsilon: added to the denominator, inside the square root. Default 1e-7.
+      centered: normalise by the variance estimate instead of the second moment.
+        Default False.
+      weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
+      bucket_threshold: as in `kopt.functional.sgd`.
+
+    Example:
+      >>> import jax.numpy as jnp, kopt
+      >>> tx = kopt.functional.rmsprop(1e-3, centered=True)
+      >>> state = tx.init({"w": jnp.ones(3)})
+
+    Reference: `keras.optimizers.RMSprop`; Hinton, Lecture 6e of "Neural Networks for
+    Machine Learning" (2012).
+    """
+    check_unit_interval("rho", rho)
+    check_unit_interval("momentum", momentum)
+    check_nonnegative("epsilon", epsilon)
+    slots = ("rms",) + (("momentum",) if momentum else ()) + (("mg",) if centered else ())
+
+    def step(g, s, lr, t):
+        del t
+        new = {"rms": rho * s["rms"] + (1 - rho) * jnp.square(g)}
+        if centered:
+            new["mg"] = rho * s["mg"] + (1 - rho) * g
+            denominator = new["rms"] - jnp.square(new["mg"]) + epsilon
+        else:
+            denominator = new["rms"] + epsilon
+        increment = lr * g * jax.lax.rsqrt(denominator)
+        if momentum:
+            new["momentum"] = momentum * s["momentum"] + increment
+            return -new["momentum"], new
+        return -increment, new
+
+    return elementwise_transform(
+        Rule(slots=slots, step=step), RMSpropState, learning_rate,
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+    )

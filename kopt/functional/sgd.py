@@ -1,0 +1,81 @@
+"""SGD with optional (Nesterov) momentum, as `keras.optimizers.SGD`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+from kopt.functional.base import Transform
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.validation import check_unit_interval
+
+__all__ = ["sgd", "SGDState"]
+
+
+class SGDState(NamedTuple):
+    count: jax.Array             # shape=(), int32: updates applied
+    learning_rate: jax.Array     # shape=(), float32: rate of the next update
+    momentum: Packed | None = None   # velocity, like params; None when momentum == 0
+
+
+def sgd(
+    learning_rate=0.01,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask=None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+) -> Transform:
+    r"""Stochastic gradient descent, with Keras 3's momentum formulation.
+
+    Without momentum: :math:`\theta \leftarrow \theta - \eta g`.
+    With momentum :math:`\mu > 0` (velocity :math:`v_0 = 0`):
+
+    .. math::
+        v \leftarrow \mu v - \eta g, \qquad
+        \theta \leftarrow \theta + v \quad\text{or, if nesterov,}\quad
+        \theta \leftarrow \theta + \mu v - \eta g .
+
+    Args:
+      learning_rate: float, schedule or callable `step -> lr`. Default 0.01.
+      momentum: float in [0, 1]. Default 0.0 (no velocity slot is kept).
+      nesterov: use Nesterov momentum. Default False.
+      weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
+      weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
+        that decay. Default None (all).
+      clipnorm, clipvalue, global_clipnorm: Keras's clipping; at most one. Default None.
+      bucket_threshold: leaves with at most this many elements share flat state buffers;
+        0 turns bucketing off. Default 65536.
+
+    Example:
+      >>> import jax.numpy as jnp, kopt
+      >>> tx = kopt.functional.sgd(0.1, momentum=0.9)
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+      >>> params = kopt.functional.apply_updates(params, updates)
+
+    Reference: `keras.optimizers.SGD` (Keras 3).
+    """
+    check_unit_interval("momentum", momentum)
+
+    def step(g, slots, lr, t):
+        del t
+        if not momentum:
+            return -lr * g, {}
+        v = -g * lr + slots["momentum"] * momentum
+        delta = (-g * lr + v * momentum) if nesterov else v
+        return delta, {"momentum": v}
+
+    rule = Rule(slots=("momentum",) if momentum else (), step=step)
+    return elementwise_transform(
+        rule, SGDState, learning_rate,
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+    )

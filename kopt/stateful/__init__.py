@@ -1,0 +1,21 @@
+"""kopt.stateful: the Keras-style facade (also importable as `kopt.optimizers`)."""
+
+from kopt.stateful.adam import Adam
+from kopt.stateful.adamw import AdamW
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.registry import deserialize, get, serialize
+from kopt.stateful.rmsprop import RMSprop
+from kopt.stateful.sgd import SGD
+from kopt.stateful.variable import Variable
+
+__all__ = [
+    "Optimizer",
+    "Variable",
+    "SGD",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "get",
+    "serialize",
+    "deserialize",
+]

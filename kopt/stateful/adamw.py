@@ -1,0 +1,54 @@
+"""Stateful `AdamW`, a thin shell over `kopt.functional.adamw`."""
+
+from __future__ import annotations
+
+from kopt import functional
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.stateful.optimizer import Optimizer
+
+__all__ = ["AdamW"]
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (default 0.004), as `keras.optimizers.AdamW`.
+
+    The update rule, arguments and defaults are those of `kopt.functional.adamw` (whose
+    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
+      >>> opt = kopt.optimizers.AdamW()
+      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
+      >>> int(opt.apply_gradients([(grads, w)]))
+      1
+    """
+
+    _factory = staticmethod(functional.adamw)
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.004,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        amsgrad=False,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        name=None,
+        bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad),
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            name=name,
+            bucket_threshold=bucket_threshold,
+            **kwargs,
+        )

@@ -1,0 +1,441 @@
+"""The stateful facade: a Keras-style `Optimizer` over a functional transform.
+
+The facade owns the Variables' bookkeeping, one compiled step, configs and weights I/O;
+the maths is the functional transform's (`opt.transform`). `apply_gradients` runs a single
+jitted function over all variables that takes the Variables' buffers and the optimizer
+state as donated arguments, so a step allocates no new state and is compiled once per set
+of shapes and dtypes. The learning rate lives in the state, so setting it never
+recompiles.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kopt import schedules as schedules_lib
+from kopt.functional.base import apply_updates
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.stateful.variable import Variable
+
+__all__ = ["Optimizer"]
+
+
+def _tracing() -> bool:
+    try:
+        from jax._src import core
+        return not core.trace_state_clean()
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        return False
+
+
+class Optimizer:
+    """Base class of kopt's stateful optimizers.
+
+    Subclasses pass their own hyperparameters as `hyper` and set `_factory`, the
+    `kopt.functional` function with the same arguments.
+    """
+
+    _factory = None
+
+    def __init__(self, learning_rate, hyper: dict[str, Any] | None = None,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, bucket_threshold=DEFAULT_BUCKET_THRESHOLD, **kwargs):
+        if kwargs.pop("decay", None) is not None:
+            warnings.warn("Argument `decay` is no longer supported and will be ignored.",
+                          UserWarning, stacklevel=3)
+        if kwargs:
+            hint = " Use `learning_rate` instead of `lr`." if "lr" in kwargs else ""
+            raise ValueError(f"Argument(s) not recognized: {kwargs}.{hint}")
+        self.name = name if name is not None else type(self).__name__.lower()
+        self._hyper = dict(hyper or {})
+        self.weight_decay = weight_decay
+        self.clipnorm = clipnorm
+        self.clipvalue = clipvalue
+        self.global_clipnorm = global_clipnorm
+        self.bucket_threshold = bucket_threshold
+        self._learning_rate = learning_rate
+        self._exclude_ids: set[int] = set()
+        self._exclude_names: list[str] = []
+        self._vars: tuple[Variable, ...] | None = None
+        self._index: dict[int, int] = {}
+        self._state = None
+        self._minimize_cache: dict[Any, Any] = {}
+        self._transform = self._make_transform()   # validates every argument now
+
+    def __getattr__(self, key):
+        hyper = self.__dict__.get("_hyper", {})
+        if key in hyper:
+            return hyper[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    # ----------------------------------------------------------------- transform
+    def _make_transform(self, mask=None):
+        return type(self)._factory(
+            learning_rate=self._learning_rate, **self._hyper, **self._common_kwargs(),
+            weight_decay_mask=mask, bucket_threshold=self.bucket_threshold,
+        )
+
+    def _common_kwargs(self):
+        return dict(weight_decay=self.weight_decay, clipnorm=self.clipnorm,
+                    clipvalue=self.clipvalue, global_clipnorm=self.global_clipnorm)
+
+    @property
+    def transform(self):
+        """The functional `Transform` this optimizer runs."""
+        return self._transform
+
+    def _compile(self):
+        tx = self._transform
+
+        def step(values, state, grads):
+            updates, state = tx.update(grads, state, values)
+            return apply_updates(values, updates), state
+
+        self._step = jax.jit(step, donate_argnums=(0, 1))
+        self._minimize_cache.clear()
+
+    # ----------------------------------------------------------------- build
+    @property
+    def built(self) -> bool:
+        return self._vars is not None
+
+    def build(self, variables) -> None:
+        """Create the optimizer state for `variables` (a list of `kopt.Variable`)."""
+        variables = list(variables)
+        for i, v in enumerate(variables):
+            if not isinstance(v, Variable):
+                raise TypeError(
+                    f"build() expects kopt.Variable objects; entry {i} is {type(v).__name__}. "
+                    "Wrap arrays with kopt.Variable(array)."
+                )
+        if not variables:
+            raise ValueError("build() received no variables.")
+        if len({id(v) for v in variables}) != len(variables):
+            raise ValueError("build() received the same Variable more than once.")
+        if self.built:
+            if [id(v) for v in variables] == [id(v) for v in self._vars]:
+                return
+            raise ValueError(
+                f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
+                "it cannot be rebuilt with a different set. Create a new optimizer."
+            )
+        self._vars = tuple(variables)
+        self._index = {id(v): i for i, v in enumerate(variables)}
+        self._transform = self._make_transform(self._decay_mask())
+        self._state = self._transform.init(tuple(v.value for v in variables))
+        self._compile()
+
+    def _decay_mask(self):
+        if not (self._exclude_ids or self._exclude_names) or self._vars is None:
+            return None
+        return tuple(
+            not (id(v) in self._exclude_ids
+                 or any(re.search(n, v.name) for n in self._exclude_names))
+            for v in self._vars
+        )
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """Exclude variables (by object, or by regex search on their names) from decay."""
+        if self.built:
+            raise ValueError(
+                "exclude_from_weight_decay() must be called before the optimizer is built."
+            )
+        self._exclude_ids.update(id(v) for v in (var_list or []))
+        self._exclude_names.extend(var_names or [])
+
+    # ----------------------------------------------------------------- apply
+    def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
+        """Apply `(gradient, variable)` pairs in one compiled step; returns `iterations`.
+
+        Pairs whose gradient is None are skipped.
+        """
+        del name, experimental_aggregate_gradients
+        try:
+            pairs = list(grads_and_vars)
+            grads, variables = zip(*pairs) if pairs else ((), ())
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                "apply_gradients expects an iterable of (gradient, variable) pairs, e.g. "
+                f"zip(grads, variables). Received: {grads_and_vars!r}"
+            ) from e
+        return self.apply(grads, variables)
+
+    def apply(self, grads, variables=None):
+        """Apply `grads` to `variables` (Keras 3 argument order); returns `iterations`."""
+        if _tracing() or any(isinstance(g, jax.core.Tracer) for g in grads):
+            raise RuntimeError(
+                "The stateful optimizer cannot be called inside a JAX transformation "
+                "(jit, grad, vmap...). Use kopt.functional (opt.transform) or "
+                "opt.stateless_apply(state, grads, values) inside jitted code."
+            )
+        if variables is None:
+            if not self.built:
+                raise ValueError("apply(grads) without variables needs a built optimizer.")
+            variables = self._vars
+        grads, variables = list(grads), list(variables)
+        if len(grads) != len(variables):
+            raise ValueError(
+                f"Received {len(grads)} gradients for {len(variables)} variables; they must "
+                "be equal in number."
+            )
+        if all(g is None for g in grads):
+            raise ValueError(
+                f"No gradients provided for any variable: {[getattr(v, 'name', v) for v in variables]}."
+            )
+        if not self.built:
+            self.build(variables)
+        full = self._full_grads(grads, variables)
+        new_values, self._state = self._step(tuple(v._value for v in self._vars),
+                                             self._state, full)
+        for v, value in zip(self._vars, new_values):
+            v._value = value
+        return self.iterations
+
+    def _full_grads(self, grads, variables):
+        """Gradients as a tuple aligned with the built variables (None where absent),
+        validated before anything is donated."""
+        built = self._vars
+        if len(variables) == len(built) and all(a is b for a, b in zip(variables, built)):
+            full = grads
+        else:
+            full = [None] * len(built)
+            for g, v in zip(grads, variables):
+                i = self._index.get(id(v))
+                if i is None or built[i] is not v:
+                    raise ValueError(
+                        f"Variable {getattr(v, 'name', v)!r} is not among the "
+                        f"{len(built)} variables optimizer {self.name!r} was built with. "
+                        "Create a new optimizer for a new set of variables."
+                    )
+                full[i] = g
+        out = []
+        for g, v in zip(full, built):
+            if g is None:
+                out.append(None)
+                continue
+            if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+                g = jnp.asarray(g)
+            if g.shape != v._value.shape:
+                raise ValueError(
+                    f"Gradient for variable {v.name!r} has shape {tuple(g.shape)}, "
+                    f"but the variable has shape {v._value.shape}."
+                )
+            if jax.dtypes.canonicalize_dtype(g.dtype) != v._value.dtype:
+                raise ValueError(
+                    f"Gradient for variable {v.name!r} has dtype {g.dtype}, but the variable "
+                    f"has dtype {v._value.dtype}. Cast the gradient to the variable's dtype."
+                )
+            out.append(g)
+        return tuple(out)
+
+    def minimize(self, loss_fn, variables, *args):
+        """Differentiate `loss_fn(values, *args)` and apply the step in one compiled call.
+
+        `values` is the list of the variables' arrays. Returns the loss. Pass data through
+        `*args` (traced) rather than a new closure per call, which would recompile.
+        """
+        if _tracing():
+            raise RuntimeError("minimize() cannot be called inside a JAX transformation.")
+        variables = list(variables)
+        if not self.built:
+            self.build(variables)
+        elif [id(v) for v in variables] != [id(v) for v in self._vars]:
+            raise ValueError(
+                "minimize() must be called with the variables the optimizer was built with."
+            )
+        fn = self._minimize_cache.get(loss_fn)
+        if fn is None:
+            tx = self._transform
+
+            def run(values, state, *a):
+                loss, grads = jax.value_and_grad(lambda vals: loss_fn(list(vals), *a))(values)
+                updates, state = tx.update(grads, state, values)
+                return loss, apply_updates(values, updates), state
+
+            fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
+        loss, new_values, self._state = fn(tuple(v._value for v in self._vars), self._state, *args)
+        for v, value in zip(self._vars, new_values):
+            v._value = value
+        return loss
+
+    def stateless_apply(self, state, grads, values):
+        """The pure step, for use inside jit: `(state, grads, values) -> (values, state)`.
+
+        `state` is `opt.state`; `grads` and `values` are sequences aligned with the built
+        variables. Write results back with `opt.state = state` and `v.assign(value)`.
+        """
+        updates, state = self._transform.update(tuple(grads), state, tuple(values))
+        return list(apply_updates(tuple(values), updates)), state
+
+    # ----------------------------------------------------------------- state
+    @property
+    def state(self):
+        """The functional state pytree (None before build)."""
+        return self._state
+
+    @state.setter
+    def state(self, new_state):
+        if not self.built:
+            raise ValueError("Build the optimizer before assigning its state.")
+        if jax.tree.structure(new_state) != jax.tree.structure(self._state):
+            raise ValueError(
+                "The new state does not have the structure of this optimizer's state. "
+                f"Expected {jax.tree.structure(self._state)}, received {jax.tree.structure(new_state)}."
+            )
+        self._state = new_state
+
+    @property
+    def iterations(self):
+        """The number of applied updates, a 0-d int32 numpy array (`int()` works)."""
+        if self._state is None:
+            return np.zeros((), np.int32)
+        return np.asarray(self._state.count)
+
+    @property
+    def learning_rate(self):
+        """The learning rate the next update uses (a float32 0-d numpy array)."""
+        if self._state is not None:
+            return np.asarray(self._state.learning_rate)
+        lr = self._learning_rate
+        return np.asarray(lr(0) if callable(lr) else lr, np.float32)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        old = self._learning_rate
+        if callable(value):
+            self._learning_rate = value
+            try:
+                transform = self._make_transform(self._decay_mask())
+            except Exception:
+                self._learning_rate = old
+                raise
+            self._transform = transform
+            if self.built:
+                self._state = self._state._replace(
+                    learning_rate=jnp.asarray(value(self._state.count), jnp.float32))
+                self._compile()
+            return
+        if callable(old):
+            raise TypeError(
+                "This optimizer was created with a learning-rate schedule, so its learning "
+                f"rate cannot be set to a number. Received: learning_rate={value!r}. Set a "
+                "new schedule instead."
+            )
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"learning_rate must be a number or a schedule. Received: {value!r}") from e
+        if not number >= 0:
+            raise ValueError(f"`learning_rate` must be >= 0. Received: learning_rate={value}")
+        self._learning_rate = number
+        if self.built:
+            self._state = self._state._replace(learning_rate=jnp.asarray(number, jnp.float32))
+
+    # ----------------------------------------------------------------- weights
+    def _slot_names(self):
+        return [f for f in self._state._fields[2:] if getattr(self._state, f) is not None]
+
+    @property
+    def variables(self) -> list[jax.Array]:
+        """The optimizer state as arrays, in `get_weights` order (snapshots)."""
+        if not self.built:
+            return []
+        out = [jnp.copy(self._state.count)]
+        for name in self._slot_names():
+            out.extend(jnp.copy(x) for x in getattr(self._state, name).to_leaves())
+        return out
+
+    @property
+    def weights(self) -> list[jax.Array]:
+        return self.variables
+
+    def get_weights(self) -> list[np.ndarray]:
+        """`[iterations, slot_1 of every variable, slot_2 of every variable, ...]`.
+
+        The legacy tf.keras (OptimizerV2) slot-major layout; slot order is the state's
+        field order (e.g. Adam: m, v, vhat; RMSprop: rms, momentum, mg).
+        """
+        if not self.built:
+            return []
+        return [np.asarray(x) for x in self.variables]
+
+    def set_weights(self, weights) -> None:
+        """Load a list produced by `get_weights` (validated in full before any change)."""
+        if not self.built:
+            raise ValueError(
+                "set_weights() needs a built optimizer: call opt.build(variables) first.")
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+        names = self._slot_names()
+        n = len(self._vars)
+        expected = 1 + len(names) * n
+        if len(weights) != expected:
+            raise ValueError(
+                f"set_weights expected a list of {expected} arrays (iterations, then "
+                f"{len(names)} slot(s) {names} for each of {n} variables); received {len(weights)}."
+            )
+        count = np.asarray(weights[0])
+        if count.shape != () or not (np.issubdtype(count.dtype, np.integer)
+                                     or (np.issubdtype(count.dtype, np.floating)
+                                         and float(count) == int(count))):
+            raise ValueError(
+                "set_weights: entry 0 must be the iteration count, a 0-d integer. "
+                f"Received shape {count.shape}, dtype {count.dtype}."
+            )
+        slots = {}
+        for s, name in enumerate(names):
+            layout = getattr(self._state, name).layout
+            leaves = []
+            for j, v in enumerate(self._vars):
+                k = 1 + s * n + j
+                w = np.asarray(weights[k])
+                if w.shape != v.shape:
+                    raise ValueError(
+                        f"set_weights: entry {k} ({name} of variable {v.name!r}) has shape "
+                        f"{w.shape}, expected {v.shape}."
+                    )
+                if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+                    raise ValueError(
+                        f"set_weights: entry {k} ({name} of variable {v.name!r}) has dtype "
+                        f"{w.dtype}; expected a real number array."
+                    )
+                leaves.append(w)
+            slots[name] = Packed.from_leaves(layout, leaves)
+        self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **slots)
+        if callable(self._learning_rate):
+            self._state = self._state._replace(
+                learning_rate=jnp.asarray(self._learning_rate(self._state.count), jnp.float32))
+
+    # ----------------------------------------------------------------- config
+    def get_config(self) -> dict[str, Any]:
+        lr = self._learning_rate
+        if isinstance(lr, schedules_lib.LearningRateSchedule):
+            lr = schedules_lib.serialize(lr)
+        elif callable(lr):
+            raise ValueError(
+                "get_config: a plain callable learning rate cannot be serialised; use a "
+                "kopt.schedules.LearningRateSchedule.")
+        return {"name": self.name, "learning_rate": lr, **self._hyper,
+                **self._common_kwargs(), "bucket_threshold": self.bucket_threshold}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        if not isinstance(config, dict):
+            raise TypeError(f"from_config expects a dict. Received: {config!r}")
+        config = dict(config)
+        lr = config.get("learning_rate")
+        if isinstance(lr, dict):
+            config["learning_rate"] = schedules_lib.deserialize(lr)
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<kopt.optimizers.{type(self).__name__} name={self.name!r} built={self.built}>"

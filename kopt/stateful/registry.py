@@ -1,0 +1,62 @@
+"""String identifiers and configs: `get`, `serialize`, `deserialize`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kopt.stateful.adam import Adam
+from kopt.stateful.adamw import AdamW
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.rmsprop import RMSprop
+from kopt.stateful.sgd import SGD
+
+__all__ = ["get", "serialize", "deserialize", "ALL_OPTIMIZERS"]
+
+ALL_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.__name__.lower(): cls for cls in (SGD, RMSprop, Adam, AdamW)
+}
+
+
+def _lookup(name: str) -> type[Optimizer]:
+    key = name.lower().replace("_", "")
+    if key not in ALL_OPTIMIZERS:
+        raise ValueError(
+            f"Unknown optimizer identifier {name!r}. Valid names (case-insensitive): "
+            f"{sorted(ALL_OPTIMIZERS)}"
+        )
+    return ALL_OPTIMIZERS[key]
+
+
+def serialize(optimizer: Optimizer) -> dict[str, Any]:
+    """`{'class_name': 'Adam', 'config': {...}}`, as Keras serialises optimizers."""
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"serialize expects a kopt optimizer. Received: {optimizer!r}")
+    return {"module": "kopt.optimizers", "class_name": type(optimizer).__name__,
+            "config": optimizer.get_config()}
+
+
+def deserialize(config: dict[str, Any]) -> Optimizer:
+    """Inverse of `serialize`; the class name is matched case-insensitively."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(
+            "An optimizer config must be a dict with a 'class_name' key (and an optional "
+            f"'config' dict). Received: {config!r}"
+        )
+    inner = config.get("config", {})
+    if not isinstance(inner, dict):
+        raise ValueError(f"The optimizer config's 'config' must be a dict. Received: {inner!r}")
+    return _lookup(str(config["class_name"])).from_config(inner)
+
+
+def get(identifier) -> Optimizer:
+    """An optimizer from a name (`'adam'`), a config dict, or an instance (returned as is)."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        return _lookup(identifier)()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    raise ValueError(
+        "Could not interpret optimizer identifier: expected a name, a config dict or an "
+        f"optimizer. Received: {identifier!r}"
+    )

@@ -1,0 +1,52 @@
+"""Stateful `SGD`, a thin shell over `kopt.functional.sgd`."""
+
+from __future__ import annotations
+
+from kopt import functional
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.stateful.optimizer import Optimizer
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Gradient descent with optional (Nesterov) momentum, as `keras.optimizers.SGD`.
+
+    The update rule, arguments and defaults are those of `kopt.functional.sgd` (whose
+    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
+      >>> opt = kopt.optimizers.SGD()
+      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
+      >>> int(opt.apply_gradients([(grads, w)]))
+      1
+    """
+
+    _factory = staticmethod(functional.sgd)
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        name=None,
+        bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            hyper=dict(momentum=momentum, nesterov=nesterov),
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            name=name,
+            bucket_threshold=bucket_threshold,
+            **kwargs,
+        )
