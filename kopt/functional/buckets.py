@@ -16,7 +16,8 @@ The layout is static: it is the pytree aux data of `Packed`, so it needs no para
 update time and jit specialises on it. Users never see buckets: updates are pytrees like
 params, and `Packed.to_tree()` / `Packed.leaf(i)` give per-param views.
 
-`bucket_threshold=0` turns bucketing off (every leaf then keeps its own array).
+`bucket_threshold=0` (the default for now) turns bucketing off: every leaf keeps its own
+array. See `DEFAULT_BUCKET_THRESHOLD` for why.
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ import numpy as np
 
 __all__ = ["DEFAULT_BUCKET_THRESHOLD", "Layout", "Packed", "plan", "state_dtype_for"]
 
-DEFAULT_BUCKET_THRESHOLD = 1 << 16
-"""Leaves with at most this many elements share flat state buffers (65,536 elements)."""
+DEFAULT_BUCKET_THRESHOLD = 0
+"""Bucketing is off by default for now.
+
+On XLA:CPU every per-leaf slice out of a bucket compiles to its own kernel (tens of ms
+each), so a 1000-leaf Adam step took 37 s to compile with `bucket_threshold=65536`
+against 12.5 s without, for a step 1.6x faster (13.5 ms vs 21.7 ms, loaded 2-core CPU).
+Pass `bucket_threshold=65536` (or any size) to opt in.
+"""
 
 
 def state_dtype_for(dtype) -> np.dtype:

@@ -137,6 +137,10 @@ def elementwise_transform(
                     g_flat, {n: old[n].buckets[b] for n in rule.slots},
                     rate.astype(dtype), t.astype(dtype),
                 )
+                # Materialise the bucket's results once. Without the barrier XLA fuses the
+                # whole concatenate-and-update into every per-leaf slice below, which is
+                # quadratic in the number of leaves at compile time and at run time.
+                d_flat, s_flat = jax.lax.optimization_barrier((d_flat, s_flat))
                 if len(live) < len(members):   # keep the state of skipped leaves
                     keep = np.zeros((size,), bool)
                     for i in live:
