@@ -13,7 +13,8 @@ What is measured, per (tree, optimizer, implementation) row:
 - ``step ms``: the median wall time of one step, each step followed by
   ``jax.block_until_ready`` on its outputs, over at most ``--steps`` timed steps after the
   first step and ``--warmup`` more (rows stop early after ``--min-steps`` once they have
-  spent ``--budget`` seconds, so slow rows such as Keras eager on 1000 leaves stay short).
+  spent ``--budget`` seconds; a row whose warm-up step alone takes longer than the budget,
+  such as Keras eager on 1000 leaves, warms up once and times 3 steps).
 - ``floor ms``: ``bytes_per_param * n_params / bandwidth``, with 28 B/param for Adam
   (read p, g, m, v; write p, m, v in float32) and 20 B/param for SGD with momentum
   (read p, g, m; write p, m). The bandwidth is measured in the same run: XLA's own
@@ -29,11 +30,14 @@ What is measured, per (tree, optimizer, implementation) row:
   ``peak_bytes_in_use``; that counter cannot be reset, so each row then runs in its own
   subprocess (``--isolate``, on by default there) and the peak is the whole process's,
   i.e. params + grads + state + step temporaries (setup allocates less than a step).
-  Where it does not (the CPU backend) it is host RSS: the high-water mark (``VmHWM``,
-  reset through ``/proc/self/clear_refs`` after the warm-up steps) minus the RSS before
-  the row was set up, plus the gradients' bytes (allocated once per tree, before that).
-  That includes compiled code and allocator slack; without ``/proc`` it falls back to the
-  ``getrusage`` high-water mark, which only shows rows that raise the process's peak.
+  Where it does not (the CPU backend) it is measured on the host: the bytes of all live
+  JAX arrays after the warm-up steps (params, grads, optimizer state, anything leaked),
+  plus how far the process's RSS high-water mark (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) rises above the RSS during the timed steps, which catches
+  the steps' temporaries and any non-donated output buffers. Compiled code and allocator
+  slack are left out, as the device counter leaves them out. Without ``/proc`` it falls
+  back to the ``getrusage`` high-water mark, which only shows rows that raise the
+  process's peak.
 
 Every implementation gets the same inputs: per tree, params and gradients are drawn once
 on the host (NumPy, fixed seed); the gradients are put on the device once and shared by
@@ -217,12 +221,22 @@ def build_optax(opt, tree: HostTree, grads):
     return init, step
 
 
+KOPT_BUCKET_THRESHOLD = None   # --kopt-bucket-threshold; None: kopt's default
+
+
+def _kopt_kwargs():
+    if KOPT_BUCKET_THRESHOLD is None:
+        return {}
+    return {"bucket_threshold": KOPT_BUCKET_THRESHOLD}
+
+
 def build_kopt(opt, tree: HostTree, grads):
     import kopt
 
     F = kopt.functional
-    tx = (F.adam(ADAM["learning_rate"], ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"])
-          if opt == "adam" else F.sgd(SGDM["learning_rate"], momentum=SGDM["momentum"]))
+    kw = _kopt_kwargs()
+    tx = (F.adam(ADAM["learning_rate"], ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"], **kw)
+          if opt == "adam" else F.sgd(SGDM["learning_rate"], momentum=SGDM["momentum"], **kw))
     g = dict(zip(tree.names, grads))
     box = {"p": {n: device_copy(x) for n, x in zip(tree.names, tree.params)}}
 
@@ -245,7 +259,8 @@ def build_kopt(opt, tree: HostTree, grads):
 def build_kopt_stateful(opt, tree: HostTree, grads):
     import kopt
 
-    o = kopt.optimizers.Adam(**ADAM) if opt == "adam" else kopt.optimizers.SGD(**SGDM)
+    kw = _kopt_kwargs()
+    o = kopt.optimizers.Adam(**ADAM, **kw) if opt == "adam" else kopt.optimizers.SGD(**SGDM, **kw)
     # Variable copies its input onto the device: hand it the host array (one copy).
     variables = [kopt.Variable(x, name=n) for n, x in zip(tree.names, tree.params)]
 
@@ -378,18 +393,18 @@ class MemoryProbe:
             self.method = "device peak_bytes_in_use" + (" (own process)" if isolated else " (delta)")
             self.peak0 = stats["peak_bytes_in_use"]
             self.base = stats["bytes_in_use"]
+        elif _proc_status("VmRSS") is not None and _reset_hwm():
+            self.method = "host: live JAX arrays + rise of RSS high-water mark (VmHWM) over the steps"
         else:
-            self.base = _proc_status("VmRSS")
-            if self.base is not None and _reset_hwm():
-                self.method = "host RSS high-water mark (VmHWM, reset per row)"
-            else:
-                self.base = _maxrss()
-                self.method = "host getrusage ru_maxrss delta"
+            self.base = _maxrss()
+            self.method = "host: getrusage ru_maxrss delta"
 
     def start_steady(self):
         """Called after the warm-up steps: the peak is of the steps from here on."""
-        if not self.device and self.method.startswith("host RSS"):
+        if not self.device and self.method.startswith("host: live"):
             _trim()
+            self.live0 = live_bytes()
+            self.rss0 = _proc_status("VmRSS")
             _reset_hwm()
 
     def peak(self):
@@ -400,10 +415,24 @@ class MemoryProbe:
             if p <= self.peak0:   # hidden by an earlier, larger peak
                 return None
             return p - self.base + self.grads_bytes
-        if self.method.startswith("host RSS"):
-            return _proc_status("VmHWM") - self.base + self.grads_bytes
+        if self.method.startswith("host: live"):
+            # What the steps hold (the live arrays: params, grads, state) plus what they
+            # allocate on top of it; compiled code and allocator slack stay out.
+            return self.live0 + max(0, _proc_status("VmHWM") - self.rss0)
         d = _maxrss() - self.base
         return d + self.grads_bytes if d > 0 else None
+
+
+def live_bytes() -> int:
+    """Bytes of all live JAX arrays in the process (params, grads, state, leftovers)."""
+    total = 0
+    for a in jax.live_arrays():
+        try:
+            if not a.is_deleted():
+                total += a.nbytes
+        except Exception:
+            pass
+    return total
 
 
 # --------------------------------------------------------------------------- measurement
@@ -431,6 +460,9 @@ def measure_bandwidth(n: int, cfg) -> dict:
 def run_row(tree: HostTree, grads, opt: str, impl: str, cfg, isolated: bool) -> dict:
     row = {"tree": tree.name, "opt": opt, "impl": impl, "n_params": tree.n_params,
            "n_leaves": tree.n_leaves}
+    # Import the implementation's modules first, so their memory is not the row's.
+    for mod in {"optax": ["optax"], "keras-jit": ["keras"], "keras-eager": ["keras"]}.get(impl, ["kopt"]):
+        __import__(mod)
     probe = MemoryProbe(4 * tree.n_params, isolated)
     row["memory_method"] = probe.method
     try:
@@ -439,13 +471,20 @@ def run_row(tree: HostTree, grads, opt: str, impl: str, cfg, isolated: bool) -> 
         init()
         step()
         row["first_step_s"] = time.perf_counter() - t0
+        # A row whose warm step alone outlasts the budget (Keras eager on many leaves)
+        # warms up once and takes the median of 3 steps, to keep the run short.
+        min_steps = cfg.min_steps
         for _ in range(cfg.warmup):
+            t = time.perf_counter()
             step()
+            if cfg.budget > 0 and time.perf_counter() - t > cfg.budget:
+                min_steps = min(min_steps, 3)
+                break
         probe.start_steady()
         times = []
         start = time.perf_counter()
         while len(times) < cfg.steps and (
-                len(times) < cfg.min_steps or cfg.budget <= 0
+                len(times) < min_steps or cfg.budget <= 0
                 or time.perf_counter() - start < cfg.budget):
             t = time.perf_counter()
             step()
@@ -453,6 +492,7 @@ def run_row(tree: HostTree, grads, opt: str, impl: str, cfg, isolated: bool) -> 
         row.update(step_s=statistics.median(times), min_s=min(times),
                    mean_s=statistics.fmean(times), steps=len(times))
         row["peak_bytes"] = probe.peak()
+        row["live_bytes"] = live_bytes()
         del init, step
     except Exception as e:  # record and go on: one broken row must not sink the run
         row["error"] = f"{type(e).__name__}: {e}"
@@ -470,6 +510,8 @@ def _row_in_subprocess(tree_name, opt, impl, args) -> dict:
            "--warmup", str(args.warmup), "--budget", str(args.budget), "--seed", str(args.seed)]
     if args.quick_trees:
         cmd.append("--quick-trees")
+    if args.kopt_bucket_threshold is not None:
+        cmd += ["--kopt-bucket-threshold", str(args.kopt_bucket_threshold)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("@@ROW "):
@@ -570,6 +612,24 @@ def format_targets(rows) -> str:
 
 
 # --------------------------------------------------------------------------- main
+def _git_rev():
+    try:
+        rev = subprocess.run(["git", "-C", _ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", _ROOT, "status", "--porcelain", "--", "kopt"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or None
+    except Exception:
+        return None
+
+
+def _loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _parse_list(text, allowed, what):
     if text is None:
         return list(allowed)
@@ -601,6 +661,9 @@ def parse_args(argv=None):
                         "accelerators; 4M with --quick)")
     p.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
                    help="run each row in its own process (auto: where the device has memory_stats)")
+    p.add_argument("--kopt-bucket-threshold", type=int, default=None,
+                   help="pass bucket_threshold to kopt (functional and stateful); default: "
+                        "kopt's own default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small trees and few steps: a smoke test")
     p.add_argument("--out", default=None,
@@ -625,7 +688,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    global KOPT_BUCKET_THRESHOLD
     args = parse_args(argv)
+    KOPT_BUCKET_THRESHOLD = args.kopt_bucket_threshold
     if args._row:
         return _child(json.loads(args._row), args)
     trees = _parse_list(args.trees, ALL_TREES, "trees")
@@ -640,14 +705,21 @@ def main(argv=None):
     stats = _device_stats()
     isolate = (args.isolate == "on") or (args.isolate == "auto" and stats is not None)
     versions = {"python": platform.python_version(), "jax": jax.__version__}
-    for mod in ("jaxlib", "optax", "keras"):
+    for mod in ("jaxlib", "kopt", "optax", "keras"):
         try:
             versions[mod] = __import__(mod).__version__
         except Exception:
             versions[mod] = None
     print(f"devices: {jax.devices()}  ({getattr(dev, 'device_kind', dev.platform)})")
+    import kopt.functional
+
+    bucket = (args.kopt_bucket_threshold if args.kopt_bucket_threshold is not None
+              else kopt.functional.DEFAULT_BUCKET_THRESHOLD)
+    versions["kopt_bucket_threshold"] = bucket
+    versions["kopt_git"] = _git_rev()
+    load0 = _loadavg()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
-          + f"; host: {platform.machine()}, {os.cpu_count()} CPUs")
+          + f"; host: {platform.machine()}, {os.cpu_count()} CPUs, load average {load0}")
 
     n_bw = args.bw_elems or ((4 << 20) if args.quick else (64 << 20) if on_cpu else (256 << 20))
     bw = measure_bandwidth(n_bw, args)
@@ -696,7 +768,7 @@ def main(argv=None):
     print(table)
     print()
     print(format_targets(rows))
-    print(f"\ntotal {total:.0f} s")
+    print(f"\ntotal {total:.0f} s; load average at start {load0}, at end {_loadavg()}")
 
     result = {
         "meta": {
@@ -705,7 +777,8 @@ def main(argv=None):
             "device_kind": getattr(dev, "device_kind", None),
             "platform": dev.platform,
             "versions": versions,
-            "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+            "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                     "loadavg_start": load0, "loadavg_end": _loadavg()},
             "bandwidth": bw,
             "bytes_per_param": BYTES_PER_PARAM,
             "memory_method": methods,

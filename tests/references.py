@@ -96,9 +96,7 @@ def _run(
         grads = clip_gradients(grads, clipnorm, clipvalue, global_clipnorm)
         lr = learning_rate(iterations) if callable(learning_rate) else learning_rate
         if weight_decay is not None:
-            variables = [
-                v - v * weight_decay * lr if use else v for v, use in zip(variables, mask)
-            ]
+            variables = [v - v * weight_decay * lr if use else v for v, use in zip(variables, mask)]
         t = iterations + 1
         variables = [update(v, g, s, lr, t) for v, g, s in zip(variables, grads, slots)]
         trajectory.append([v.copy() for v in variables])
@@ -136,8 +134,18 @@ def sgd(
             return w + momentum * s["velocity"] - lr * g
         return w + s["velocity"]
 
-    return _run(init, update, params, grads_seq, learning_rate, weight_decay,
-                weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return _run(
+        init,
+        update,
+        params,
+        grads_seq,
+        learning_rate,
+        weight_decay,
+        weight_decay_mask,
+        clipnorm,
+        clipvalue,
+        global_clipnorm,
+    )
 
 
 def rmsprop(
@@ -179,8 +187,18 @@ def rmsprop(
             return w - s["m"]
         return w - increment
 
-    return _run(init, update, params, grads_seq, learning_rate, weight_decay,
-                weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return _run(
+        init,
+        update,
+        params,
+        grads_seq,
+        learning_rate,
+        weight_decay,
+        weight_decay_mask,
+        clipnorm,
+        clipvalue,
+        global_clipnorm,
+    )
 
 
 def adam(
@@ -219,8 +237,18 @@ def adam(
             v = s["vhat"]
         return w - alpha * s["m"] / (np.sqrt(v) + epsilon)
 
-    return _run(init, update, params, grads_seq, learning_rate, weight_decay,
-                weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return _run(
+        init,
+        update,
+        params,
+        grads_seq,
+        learning_rate,
+        weight_decay,
+        weight_decay_mask,
+        clipnorm,
+        clipvalue,
+        global_clipnorm,
+    )
 
 
 def adamw(
@@ -240,7 +268,16 @@ def adamw(
 ) -> list[Arrays]:
     """`keras.optimizers.AdamW`: Keras's decoupled weight decay, then the Adam step."""
     return adam(
-        params, grads_seq, learning_rate, beta_1, beta_2, epsilon, amsgrad,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm,
+        params,
+        grads_seq,
+        learning_rate,
+        beta_1,
+        beta_2,
+        epsilon,
+        amsgrad,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )

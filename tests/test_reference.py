@@ -3,9 +3,9 @@
 Every case runs 20 jitted steps on a random nested pytree with mixed shapes (a scalar, a
 (3, 4), a (2, 3, 5) and a (300, 250) leaf, in a dict holding a list and a tuple), with fresh
 random gradients per step, and compares every step's params. Each case runs with the
-default bucketing (all but the large leaf share one flat state buffer), with bucketing off
-(`bucket_threshold=0`) and with a threshold of 20 (the scalar and the (3, 4) leaf bucketed,
-the others not).
+default `bucket_threshold`, with bucketing off (0), with 65536 (all but the large leaf share
+one flat state buffer) and with 20 (the scalar and the (3, 4) leaf bucketed, the others
+not); duplicates of the default are dropped.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import kopt.functional as kf
 
 try:
     from tests import references as ref
-except ImportError:   # tests/ is not a package: pytest puts it on sys.path
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import references as ref
 
 NUM_STEPS = 20
-THRESHOLDS = [
-    pytest.param({}, id="buckets-default"),
-    pytest.param({"bucket_threshold": 0}, id="buckets-off"),
-    pytest.param({"bucket_threshold": 20}, id="buckets-20"),
+THRESHOLDS = [pytest.param({}, id=f"buckets-default={kf.DEFAULT_BUCKET_THRESHOLD}")] + [
+    pytest.param({"bucket_threshold": n}, id=f"buckets={n}")
+    for n in (0, 1 << 16, 20)
+    if n != kf.DEFAULT_BUCKET_THRESHOLD
 ]
 # Tolerance. kopt runs in float32, the reference in float64. Each step rounds the update
 # (relative to the step size: e.g. float32(0.999) makes Adam's `1 - beta_2` off by 1.3e-5
@@ -41,8 +41,8 @@ def make_params(seed=0):
     rng = np.random.default_rng(seed)
     f = lambda *shape: jnp.asarray(rng.normal(size=shape).astype(np.float32))
     return {
-        "dense": [f(3, 4), f()],                 # a list, with a scalar leaf
-        "conv": (f(2, 3, 5), f(300, 250)),       # a tuple, with a leaf > 65,536 elements
+        "dense": [f(3, 4), f()],  # a list, with a scalar leaf
+        "conv": (f(2, 3, 5), f(300, 250)),  # a tuple, with a leaf > 65,536 elements
     }
 
 
@@ -56,10 +56,14 @@ def make_grads(params, num_steps=NUM_STEPS, seed=1):
     leaves, treedef = jax.tree.flatten(params)
     steps = []
     for _ in range(num_steps):
-        steps.append(treedef.unflatten([
-            jnp.asarray((scale * rng.normal(size=np.shape(p))).astype(np.float32))
-            for p, scale in zip(leaves, GRAD_SCALES)
-        ]))
+        steps.append(
+            treedef.unflatten(
+                [
+                    jnp.asarray((scale * rng.normal(size=np.shape(p))).astype(np.float32))
+                    for p, scale in zip(leaves, GRAD_SCALES)
+                ]
+            )
+        )
     return steps
 
 
@@ -123,7 +127,9 @@ def assert_trajectories_close(actual, expected, start=PARAMS, rtol=RTOL, atol=AT
             tol = atol + rtol * (np.abs(e) + path[i])
             bad = ~(err <= tol)
             if np.any(bad):
-                j = np.unravel_index(np.argmax(np.where(bad, err / tol, 0)), np.shape(e))
+                j = tuple(
+                    int(k) for k in np.unravel_index(np.argmax(np.where(bad, err / tol, 0)), np.shape(e))
+                )
                 raise AssertionError(
                     f"step {t}, leaf {name}: {int(np.sum(bad))}/{np.size(e)} elements off; "
                     f"worst at {j}: actual {a[j]!r}, expected {e[j]!r}, "
@@ -137,25 +143,41 @@ CASES = [
     # (hyperparameters, momentum variants, weight decay with a mask, a schedule) spread over
     # those cases to keep the number of compilations down.
     ("sgd", {}),
-    ("sgd", {"learning_rate": 0.05, "momentum": 0.9, "clipnorm": 1.0, "weight_decay": 0.5,
-             "mask": True}),
+    ("sgd", {"learning_rate": 0.05, "momentum": 0.9, "clipnorm": 1.0, "weight_decay": 0.5, "mask": True}),
     ("sgd", {"learning_rate": 0.03, "momentum": 0.8, "nesterov": True, "clipvalue": 0.5}),
-    ("sgd", {"schedule": (0.1, 5, 0.5), "momentum": 0.9, "nesterov": True, "weight_decay": 0.5,
-             "global_clipnorm": 20.0}),
+    (
+        "sgd",
+        {
+            "schedule": (0.1, 5, 0.5),
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 0.5,
+            "global_clipnorm": 20.0,
+        },
+    ),
     ("rmsprop", {}),
-    ("rmsprop", {"learning_rate": 0.01, "rho": 0.8, "epsilon": 1e-3, "clipnorm": 1.0,
-                 "weight_decay": 0.5, "mask": True}),
+    (
+        "rmsprop",
+        {
+            "learning_rate": 0.01,
+            "rho": 0.8,
+            "epsilon": 1e-3,
+            "clipnorm": 1.0,
+            "weight_decay": 0.5,
+            "mask": True,
+        },
+    ),
     ("rmsprop", {"learning_rate": 0.01, "momentum": 0.9, "centered": True, "clipvalue": 0.5}),
     ("rmsprop", {"schedule": (0.02, 4, 0.3), "centered": True, "global_clipnorm": 20.0}),
     ("adam", {}),
-    ("adam", {"learning_rate": 0.02, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-4,
-              "clipnorm": 1.0}),
-    ("adam", {"learning_rate": 0.02, "amsgrad": True, "clipvalue": 0.5, "weight_decay": 0.5,
-              "mask": True}),
+    ("adam", {"learning_rate": 0.02, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-4, "clipnorm": 1.0}),
+    ("adam", {"learning_rate": 0.02, "amsgrad": True, "clipvalue": 0.5, "weight_decay": 0.5, "mask": True}),
     ("adam", {"schedule": (0.05, 5, 0.5), "amsgrad": True, "global_clipnorm": 20.0}),
     ("adamw", {}),
-    ("adamw", {"schedule": (0.05, 5, 0.5), "weight_decay": 0.5, "mask": True, "amsgrad": True,
-               "clipnorm": 1.0}),
+    (
+        "adamw",
+        {"schedule": (0.05, 5, 0.5), "weight_decay": 0.5, "mask": True, "amsgrad": True, "clipnorm": 1.0},
+    ),
 ]
 
 
@@ -188,10 +210,16 @@ def test_reference_cases_move_the_params():
 
 KERAS_CASES = [
     ("SGD", "sgd", {"learning_rate": 0.03, "momentum": 0.8, "nesterov": True, "clipnorm": 1.0}),
-    ("RMSprop", "rmsprop",
-     {"learning_rate": 0.01, "momentum": 0.9, "centered": True, "global_clipnorm": 20.0}),
-    ("Adam", "adam",
-     {"learning_rate": 0.02, "amsgrad": True, "clipvalue": 0.5, "weight_decay": 0.5, "mask": True}),
+    (
+        "RMSprop",
+        "rmsprop",
+        {"learning_rate": 0.01, "momentum": 0.9, "centered": True, "global_clipnorm": 20.0},
+    ),
+    (
+        "Adam",
+        "adam",
+        {"learning_rate": 0.02, "amsgrad": True, "clipvalue": 0.5, "weight_decay": 0.5, "mask": True},
+    ),
     ("AdamW", "adamw", {"schedule": (0.05, 5, 0.5), "weight_decay": 0.5, "mask": True}),
 ]
 
@@ -200,8 +228,7 @@ def run_keras(keras, cls_name, kwargs, params=PARAMS, grads_seq=GRADS):
     kwargs = dict(kwargs)
     if "schedule" in kwargs:
         lr0, decay_steps, rate = kwargs.pop("schedule")
-        kwargs["learning_rate"] = keras.optimizers.schedules.ExponentialDecay(
-            lr0, decay_steps, rate)
+        kwargs["learning_rate"] = keras.optimizers.schedules.ExponentialDecay(lr0, decay_steps, rate)
     use_mask = kwargs.pop("mask", False)
     opt = getattr(keras.optimizers, cls_name)(**kwargs)
     variables = [keras.Variable(np.asarray(p), dtype="float32") for p in jax.tree.leaves(params)]
@@ -250,20 +277,20 @@ def _optax_cases():
     optax = pytest.importorskip("optax")
     return {
         "sgd-momentum": (kf.sgd(0.05, momentum=0.9), optax.sgd(0.05, momentum=0.9)),
-        "sgd-nesterov": (kf.sgd(0.03, momentum=0.8, nesterov=True),
-                         optax.sgd(0.03, momentum=0.8, nesterov=True)),
+        "sgd-nesterov": (
+            kf.sgd(0.03, momentum=0.8, nesterov=True),
+            optax.sgd(0.03, momentum=0.8, nesterov=True),
+        ),
         "rmsprop-centered-momentum": (
             kf.rmsprop(0.01, rho=0.8, momentum=0.9, epsilon=1e-6, centered=True),
-            optax.rmsprop(0.01, decay=0.8, eps=1e-6, centered=True, momentum=0.9)),
+            optax.rmsprop(0.01, decay=0.8, eps=1e-6, centered=True, momentum=0.9),
+        ),
         "adam-eps0": (kf.adam(0.02, epsilon=0.0), optax.adam(0.02, eps=0.0)),
     }
 
 
-@pytest.mark.parametrize("name", ["sgd-momentum", "sgd-nesterov", "rmsprop-centered-momentum",
-                                  "adam-eps0"])
+@pytest.mark.parametrize("name", ["sgd-momentum", "sgd-nesterov", "rmsprop-centered-momentum", "adam-eps0"])
 def test_matches_optax_where_formulas_coincide(name):
-    optax = pytest.importorskip("optax")
-    del optax
     ours, theirs = _optax_cases()[name]
     # The same jitted loop drives the optax transform. optax mixes int32 step counts with
     # floats, so it needs standard dtype promotion.

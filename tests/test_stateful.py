@@ -21,7 +21,10 @@ Sched = kopt.optimizers.schedules.ExponentialDecay
 
 # --------------------------------------------------------------------------- helpers
 
-SHAPES = {"kernel": (20, 10), "bias": (10,), "big": (300, 256)}   # "big" is above the bucket threshold
+# With bucketing on (`bucket_threshold=BUCKETS`) kernel and bias share flat state buffers and
+# "big" keeps its own; with the default (0, off) every leaf keeps its own.
+SHAPES = {"kernel": (20, 10), "bias": (10,), "big": (300, 256)}
+BUCKETS = 1 << 16
 SMALL = {"kernel": (20, 10), "bias": (10,)}
 ONES = np.ones((20, 10), np.float32)
 
@@ -29,8 +32,10 @@ ONES = np.ones((20, 10), np.float32)
 def make_variables(seed=0, shapes=SHAPES):
     """Variables with random values (numpy RNG: eager jax ops would each compile)."""
     rng = np.random.default_rng(seed)
-    return [kopt.Variable(rng.standard_normal(shape).astype(np.float32), name=name)
-            for name, shape in shapes.items()]
+    return [
+        kopt.Variable(rng.standard_normal(shape).astype(np.float32), name=name)
+        for name, shape in shapes.items()
+    ]
 
 
 def snapshot(variables):
@@ -40,12 +45,14 @@ def snapshot(variables):
 @jax.jit
 def quadratic_grads(values):
     """Gradients of sum_i sum(c_i * (v_i - t_i)^2) + a sine term, deterministic in `values`."""
+
     def loss(vals):
         total = jnp.zeros((), jnp.float32)
         for i, v in enumerate(vals):
             target = jnp.full(v.shape, 0.1 * (i + 1), v.dtype)
             total = total + jnp.sum(jnp.square(v - target)) * (i + 1.0) + jnp.sum(jnp.sin(3.0 * v))
         return total
+
     return jax.grad(loss)(list(values))
 
 
@@ -85,18 +92,58 @@ def compile_log():
         logger.removeHandler(handler)
 
 
+def step_cache_size(opt):
+    """Entries in the jit cache of the facade's compiled step, if this kopt and jax expose it
+    (`opt._step` is internal, `_cache_size` is jax's private API); None otherwise."""
+    size = getattr(getattr(opt, "_step", None), "_cache_size", None)
+    return size() if callable(size) else None
+
+
 # --------------------------------------------------------------------------- functional == stateful
 
 CASES = {
-    "sgd_momentum_weight_decay": ("SGD", "sgd", lambda: dict(learning_rate=0.1, momentum=0.9, weight_decay=0.05)),
-    "sgd_nesterov_clipnorm": ("SGD", "sgd", lambda: dict(learning_rate=0.1, momentum=0.5, nesterov=True, clipnorm=0.5)),
-    "sgd_schedule_global_clipnorm": ("SGD", "sgd", lambda: dict(learning_rate=Sched(0.1, 3, 0.5), global_clipnorm=0.3)),
-    "rmsprop_centered_momentum_wd": ("RMSprop", "rmsprop", lambda: dict(learning_rate=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
-    "rmsprop_schedule_clipvalue": ("RMSprop", "rmsprop", lambda: dict(learning_rate=Sched(0.01, 3, 0.5), clipvalue=0.1)),
-    "adam_amsgrad_global_clipnorm": ("Adam", "adam", lambda: dict(learning_rate=0.01, amsgrad=True, global_clipnorm=0.5)),
-    "adam_schedule_wd_clipnorm": ("Adam", "adam", lambda: dict(learning_rate=Sched(0.05, 3, 0.5), weight_decay=0.1, clipnorm=1.0)),
-    "adamw": ("AdamW", "adamw", lambda: dict(learning_rate=0.01, weight_decay=0.05)),
-    "adamw_schedule_clipnorm": ("AdamW", "adamw", lambda: dict(learning_rate=Sched(0.02, 2, 0.7), weight_decay=0.2, clipnorm=0.5)),
+    "sgd_momentum_weight_decay": (
+        "SGD",
+        "sgd",
+        lambda: dict(learning_rate=0.1, momentum=0.9, weight_decay=0.05),
+    ),
+    "sgd_nesterov_clipnorm": (
+        "SGD",
+        "sgd",
+        lambda: dict(learning_rate=0.1, momentum=0.5, nesterov=True, clipnorm=0.5),
+    ),
+    "sgd_schedule_global_clipnorm": (
+        "SGD",
+        "sgd",
+        lambda: dict(learning_rate=Sched(0.1, 3, 0.5), global_clipnorm=0.3),
+    ),
+    "rmsprop_centered_momentum_wd": (
+        "RMSprop",
+        "rmsprop",
+        lambda: dict(
+            learning_rate=0.01, momentum=0.5, centered=True, weight_decay=0.1, bucket_threshold=BUCKETS
+        ),
+    ),
+    "rmsprop_schedule_clipvalue": (
+        "RMSprop",
+        "rmsprop",
+        lambda: dict(learning_rate=Sched(0.01, 3, 0.5), clipvalue=0.1),
+    ),
+    "adam_amsgrad_global_clipnorm": (
+        "Adam",
+        "adam",
+        lambda: dict(learning_rate=0.01, amsgrad=True, global_clipnorm=0.5, bucket_threshold=BUCKETS),
+    ),
+    "adam_schedule_wd_clipnorm": (
+        "Adam",
+        "adam",
+        lambda: dict(learning_rate=Sched(0.05, 3, 0.5), weight_decay=0.1, clipnorm=1.0),
+    ),
+    "adamw_schedule_clipnorm": (
+        "AdamW",
+        "adamw",
+        lambda: dict(learning_rate=Sched(0.02, 2, 0.7), weight_decay=0.2, clipnorm=0.5),
+    ),
 }
 
 
@@ -135,20 +182,18 @@ def test_exact_resume_from_get_weights(case):
 
     straight_vars = make_variables()
     straight = cls(**kwargs())
-    run(straight, straight_vars, 8)
+    run(straight, straight_vars, 4)
+    weights = straight.get_weights()  # a checkpoint after 4 steps
+    values = snapshot(straight_vars)
+    lr = float(straight.learning_rate)
+    run(straight, straight_vars, 4)  # the uninterrupted run goes on to 8
 
-    first_vars = make_variables()
-    first = cls(**kwargs())
-    run(first, first_vars, 4)
-    weights = first.get_weights()
-    values = snapshot(first_vars)
-
-    resumed_vars = [kopt.Variable(x, name=v.name) for x, v in zip(values, first_vars)]
-    resumed = cls.from_config(first.get_config())
+    resumed_vars = [kopt.Variable(x, name=v.name) for x, v in zip(values, straight_vars)]
+    resumed = cls.from_config(straight.get_config())
     resumed.build(resumed_vars)
     resumed.set_weights(weights)
     assert int(resumed.iterations) == 4
-    assert float(resumed.learning_rate) == float(first.learning_rate)
+    assert float(resumed.learning_rate) == lr
     run(resumed, resumed_vars, 4)
 
     for a, b in zip(resumed_vars, straight_vars):
@@ -166,22 +211,23 @@ def test_second_step_compiles_nothing_new():
     grads = grads_for(variables)
     with compile_log() as first:
         opt.apply_gradients(zip(grads, variables))
-    # Positive control: the log catches the compile of the step itself.
-    assert any("step" in m for m in first), first
+    # Positive control: the log does see the first step's compile.
+    assert any(m.startswith("Compiling") for m in first), first
     grads = grads_for(variables)
     with compile_log() as later:
         opt.apply_gradients(zip(grads, variables))
     assert later == []
-    if hasattr(opt._step, "_cache_size"):
-        assert opt._step._cache_size() == 1
+    assert step_cache_size(opt) in (None, 1)
 
 
 def test_learning_rate_setter_compiles_nothing_new():
     variables = make_variables(shapes=SMALL)
     opt = kopt.optimizers.SGD(0.1)
     grads = grads_for(variables)
-    opt.apply_gradients(zip(grads, variables))
-    opt.learning_rate = 0.07           # warm any eager conversion the setter does
+    with compile_log() as first:
+        opt.apply_gradients(zip(grads, variables))
+    assert any(m.startswith("Compiling") for m in first)  # the log works here
+    opt.learning_rate = 0.07  # warm any eager conversion the setter does
     opt.apply_gradients(zip(grads, variables))
 
     before = snapshot(variables)
@@ -192,8 +238,7 @@ def test_learning_rate_setter_compiles_nothing_new():
     # ... and the new rate was used: plain SGD moves by -lr * g.
     for v, b, g in zip(variables, before, grads):
         np.testing.assert_allclose(v.numpy(), b - np.float32(0.05) * np.asarray(g), rtol=1e-6, atol=1e-6)
-    if hasattr(opt._step, "_cache_size"):
-        assert opt._step._cache_size() == 1
+    assert step_cache_size(opt) in (None, 1)
 
 
 def test_schedule_steps_compile_nothing_new():
@@ -201,13 +246,15 @@ def test_schedule_steps_compile_nothing_new():
     schedule = Sched(0.1, 1, 0.5)
     opt = kopt.optimizers.SGD(schedule)
     grads = grads_for(variables)
-    opt.apply_gradients(zip(grads, variables))
+    with compile_log() as first:
+        opt.apply_gradients(zip(grads, variables))
+    assert any(m.startswith("Compiling") for m in first)  # the log works here
     for step in range(1, 4):
         before = snapshot(variables)
         with compile_log() as log:
             opt.apply_gradients(zip(grads, variables))
         assert log == []
-        lr = np.float32(schedule(step))       # the schedule is called with the pre-increment count
+        lr = np.float32(schedule(step))  # the schedule is called with the pre-increment count
         for v, b, g in zip(variables, before, grads):
             np.testing.assert_allclose(v.numpy(), b - lr * np.asarray(g), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(float(opt.learning_rate), float(schedule(step + 1)), rtol=1e-6)
@@ -217,7 +264,9 @@ def test_minimize_second_call_compiles_nothing_new():
     variables = make_variables(shapes=SMALL)
     opt = kopt.optimizers.Adam(0.01)
     x, y = np.ones((4, 20), np.float32), np.zeros((4, 10), np.float32)
-    opt.minimize(dense_loss, variables, x, y)
+    with compile_log() as first:
+        opt.minimize(dense_loss, variables, x, y)
+    assert any(m.startswith("Compiling") for m in first)  # the log works here
     x2 = x + 1.0
     with compile_log() as log:
         opt.minimize(dense_loss, variables, x2, y)
@@ -229,7 +278,7 @@ def test_minimize_second_call_compiles_nothing_new():
 
 def test_learning_rate_read_and_set_float():
     opt = kopt.optimizers.Adam(learning_rate=0.01)
-    assert float(opt.learning_rate) == float(np.float32(0.01))   # readable before build
+    assert float(opt.learning_rate) == float(np.float32(0.01))  # readable before build
     opt.learning_rate = 0.02
     assert float(opt.learning_rate) == float(np.float32(0.02))
     variables = make_variables(shapes={"w": (3,)})
@@ -262,8 +311,9 @@ def test_setting_a_new_schedule_works():
     before = snapshot(variables)
     grads = grads_for(variables)
     opt.apply_gradients(zip(grads, variables))
-    np.testing.assert_allclose(variables[0].numpy(), before[0] - np.float32(new(2)) * np.asarray(grads[0]),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        variables[0].numpy(), before[0] - np.float32(new(2)) * np.asarray(grads[0]), rtol=1e-6, atol=1e-6
+    )
     assert opt.get_config()["learning_rate"] == kopt.schedules.serialize(new)
     # A float optimizer may switch to a schedule too.
     opt2 = kopt.optimizers.SGD(0.1)
@@ -335,11 +385,11 @@ def _slots_of(opt, index, n_vars=3):
     return [weights[1 + s * n_vars + index] for s in range((len(weights) - 1) // n_vars)]
 
 
-@pytest.mark.parametrize("mode", ["none_gradient", "subset"])
-def test_skipped_variables_and_slots_are_unchanged(mode):
+@pytest.mark.parametrize("mode,buckets", [("none_gradient", 0), ("subset", BUCKETS)])
+def test_skipped_variables_and_slots_are_unchanged(mode, buckets):
     variables = make_variables(shapes=THREE)
-    opt = kopt.optimizers.Adam(0.1)
-    run(opt, variables, 1)                     # slots are non-zero now
+    opt = kopt.optimizers.Adam(0.1, bucket_threshold=buckets)
+    run(opt, variables, 1)  # slots are non-zero now
     before_values = snapshot(variables)
     before_slots = [_slots_of(opt, i) for i in range(3)]
 
@@ -348,7 +398,7 @@ def test_skipped_variables_and_slots_are_unchanged(mode):
     if mode == "none_gradient":
         opt.apply_gradients([(ga, a), (None, b), (gc, c)])
     else:
-        opt.apply_gradients([(gc, c), (ga, a)])    # a subset, in another order
+        opt.apply_gradients([(gc, c), (ga, a)])  # a subset, in another order
     assert int(opt.iterations) == 2
 
     np.testing.assert_array_equal(b.numpy(), before_values[1])
@@ -362,7 +412,7 @@ def test_skipped_variables_and_slots_are_unchanged(mode):
     # The updated variables match an optimizer that only ever saw [a, c].
     twin_all = make_variables(shapes=THREE)
     twin_vars = [twin_all[0], twin_all[2]]
-    twin = kopt.optimizers.Adam(0.1)
+    twin = kopt.optimizers.Adam(0.1, bucket_threshold=buckets)
     g = grads_for(twin_all)
     twin.apply_gradients(zip([g[0], g[2]], twin_vars))
     g = grads_for(twin_all)
@@ -377,10 +427,18 @@ def config_cases():
     return [
         kopt.optimizers.SGD(learning_rate=0.2, momentum=0.5, nesterov=True, clipnorm=1.0, name="my_sgd"),
         kopt.optimizers.SGD(learning_rate=Sched(0.1, 100, 0.96, staircase=True), weight_decay=0.01),
-        kopt.optimizers.RMSprop(learning_rate=0.003, rho=0.8, momentum=0.2, epsilon=1e-6, centered=True,
-                                global_clipnorm=2.0),
-        kopt.optimizers.Adam(learning_rate=Sched(1e-3, 1000, 0.5), beta_1=0.8, beta_2=0.99, epsilon=1e-6,
-                             amsgrad=True, clipvalue=0.5, weight_decay=0.001),
+        kopt.optimizers.RMSprop(
+            learning_rate=0.003, rho=0.8, momentum=0.2, epsilon=1e-6, centered=True, global_clipnorm=2.0
+        ),
+        kopt.optimizers.Adam(
+            learning_rate=Sched(1e-3, 1000, 0.5),
+            beta_1=0.8,
+            beta_2=0.99,
+            epsilon=1e-6,
+            amsgrad=True,
+            clipvalue=0.5,
+            weight_decay=0.001,
+        ),
         kopt.optimizers.AdamW(learning_rate=0.002, weight_decay=0.01, beta_2=0.99, global_clipnorm=1.0),
     ]
 
@@ -389,13 +447,13 @@ def config_cases():
 def test_get_config_from_config_round_trip(index):
     opt = config_cases()[index]
     config = opt.get_config()
-    json.dumps(config)                          # a plain, JSON-serialisable dict
+    json.dumps(config)  # a plain, JSON-serialisable dict
     params = set(inspect.signature(type(opt).__init__).parameters) - {"self", "kwargs"}
     assert params <= set(config), params - set(config)
 
     pristine = copy.deepcopy(config)
     clone = type(opt).from_config(config)
-    assert config == pristine                   # from_config does not mutate its input
+    assert config == pristine  # from_config does not mutate its input
     assert type(clone) is type(opt)
     assert clone.get_config() == config
     assert float(clone.learning_rate) == float(opt.learning_rate)
@@ -414,13 +472,38 @@ def test_serialize_deserialize(index):
 
 
 def test_round_tripped_optimizer_steps_identically():
-    opt = config_cases()[3]                       # Adam with a schedule and every option
+    opt = config_cases()[3]  # Adam with a schedule and every option
     clone = kopt.optimizers.deserialize(kopt.optimizers.serialize(opt))
     v1, v2 = make_variables(shapes=SMALL), make_variables(shapes=SMALL)
     run(opt, v1, 3)
     run(clone, v2, 3)
     for a, b in zip(v1, v2):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Not yet (issue #3): SPEC section 2 asks for the Keras 3 constructor signature, but "
+        "kopt/stateful/{sgd,rmsprop,adam,adamw}.py do not accept Keras's use_ema, ema_momentum, "
+        "ema_overwrite_frequency, loss_scale_factor and gradient_accumulation_steps: "
+        "Adam(use_ema=False) raises ValueError('Argument(s) not recognized')."
+    ),
+)
+def test_constructor_accepts_every_keras_argument_with_its_default():
+    keras = pytest.importorskip("keras")
+    problems = []
+    for name in ("SGD", "RMSprop", "Adam", "AdamW"):
+        ours = inspect.signature(getattr(kopt.optimizers, name)).parameters
+        theirs = inspect.signature(getattr(keras.optimizers, name)).parameters
+        for arg, param in theirs.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                continue
+            if arg not in ours:
+                problems.append(f"{name}: missing {arg}")
+            elif ours[arg].default != param.default:
+                problems.append(f"{name}: {arg} default {ours[arg].default!r} != Keras {param.default!r}")
+    assert problems == []
 
 
 # --------------------------------------------------------------------------- weight decay exclusion
@@ -438,21 +521,21 @@ def test_exclude_from_weight_decay(cls_name):
     run(plain, plain_vars, 3)
     assert not np.allclose(decayed_vars[1].numpy(), plain_vars[1].numpy(), rtol=1e-4, atol=1e-4)
 
-    for how in ("var_list", "var_names", "var_names_regex"):
+    for how in ("var_list", "var_names"):
         variables = make_variables(shapes=SMALL)
         opt = cls(weight_decay=0.5, **hyper)
         if how == "var_list":
             opt.exclude_from_weight_decay(var_list=[variables[1]])
-        elif how == "var_names":
-            opt.exclude_from_weight_decay(var_names=["bias"])
         else:
-            opt.exclude_from_weight_decay(var_names=["^bi"])
+            opt.exclude_from_weight_decay(var_names=["^bi"])  # a regex, searched in the names
         run(opt, variables, 3)
         # kernel decays as usual; bias follows the run without decay.
-        np.testing.assert_allclose(variables[0].numpy(), decayed_vars[0].numpy(), rtol=1e-7, atol=1e-7,
-                                   err_msg=how)
-        np.testing.assert_allclose(variables[1].numpy(), plain_vars[1].numpy(), rtol=1e-7, atol=1e-7,
-                                   err_msg=how)
+        np.testing.assert_allclose(
+            variables[0].numpy(), decayed_vars[0].numpy(), rtol=1e-7, atol=1e-7, err_msg=how
+        )
+        np.testing.assert_allclose(
+            variables[1].numpy(), plain_vars[1].numpy(), rtol=1e-7, atol=1e-7, err_msg=how
+        )
 
 
 # --------------------------------------------------------------------------- Variable
@@ -472,7 +555,7 @@ def test_variable_api():
 
     assert v.assign(np.ones((2, 3))) is v
     np.testing.assert_array_equal(v.numpy(), np.ones((2, 3)))
-    assert v.dtype == jnp.float32             # assign casts to the variable's dtype
+    assert v.dtype == jnp.float32  # assign casts to the variable's dtype
 
     with pytest.raises(ValueError) as info:
         v.assign(np.zeros((3, 2)))
@@ -495,7 +578,7 @@ def test_apply_gradients_donates_old_value():
     v = kopt.Variable(initial, name="kernel")
     opt = kopt.optimizers.SGD(0.1)
     old = v.value
-    copied = np.array(old)        # jax.Array.__array__ copies; a zero-copy view would pin the buffer
+    copied = np.array(old)  # jax.Array.__array__ copies; a zero-copy view would pin the buffer
     opt.apply_gradients([(ONES, v)])
 
     assert old.is_deleted()
@@ -504,7 +587,7 @@ def test_apply_gradients_donates_old_value():
     new = v.value
     assert not new.is_deleted()
     np.testing.assert_allclose(np.asarray(new), copied - np.float32(0.1), rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(initial), np.ones((20, 10)))   # the user's input survives
+    np.testing.assert_array_equal(np.asarray(initial), np.ones((20, 10)))  # the user's input survives
     np.testing.assert_array_equal(copied, np.ones((20, 10)))
 
 
@@ -521,13 +604,9 @@ def test_numpy_view_taken_before_a_step_keeps_the_old_values():
     np.testing.assert_allclose(v.numpy(), np.full((20, 10), 0.8, np.float32), rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kopt bug: kopt/stateful/variable.py Variable.__array__ ignores copy=True and returns "
-    "np.asarray(self._value), a read-only zero-copy view of the device buffer on CPU, so "
-    "np.array(v) (copy=True by default) is neither a copy nor writeable; jax.Array copies."))
 def test_np_array_of_variable_is_an_independent_copy():
     v = kopt.Variable(np.ones(3, np.float32), name="w")
-    a = np.array(v)                  # numpy's default copy=True must give a fresh, writeable array
+    a = np.array(v)  # numpy's default copy=True must give a fresh, writeable array
     assert not np.shares_memory(a, v.numpy())
     a[0] = 5.0
     assert v.numpy()[0] == 1.0

@@ -215,6 +215,11 @@ class Optimizer:
                         f"{len(built)} variables optimizer {self.name!r} was built with. "
                         "Create a new optimizer for a new set of variables."
                     )
+                if full[i] is not None:
+                    raise ValueError(
+                        f"Variable {v.name!r} appears more than once in grads_and_vars; "
+                        "sum its gradients and pass it once."
+                    )
                 full[i] = g
         out = []
         for g, v in zip(full, built):
@@ -243,7 +248,10 @@ class Optimizer:
         `*args` (traced) rather than a new closure per call, which would recompile.
         """
         if _tracing():
-            raise RuntimeError("minimize() cannot be called inside a JAX transformation.")
+            raise RuntimeError(
+                "minimize() cannot be called inside a JAX transformation (jit, grad, vmap...). "
+                "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code."
+            )
         variables = list(variables)
         if not self.built:
             self.build(variables)

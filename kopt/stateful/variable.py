@@ -19,8 +19,9 @@ class Variable:
     The Variable owns its buffer: the constructor and `assign` copy their input, so
     optimizers can donate the buffer to the compiled step. An array read earlier from
     `.value` is then deleted by the next `apply_gradients` (reading it raises JAX's
-    "Array has been deleted" error); read `.value` again, or copy it (`np.asarray`, or
-    `jnp.copy`) to keep a snapshot.
+    "Array has been deleted" error); read `.value` again, or copy it (`np.array(v)`, or
+    `jnp.copy(v.value)`) to keep a snapshot. A zero-copy host view such as `np.asarray(v)`
+    stays valid but makes that step copy the buffer instead of reusing it.
 
     Args:
       initial_value: array-like.
@@ -68,8 +69,9 @@ class Variable:
         return np.asarray(self._value)
 
     def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self._value)
-        return out.astype(dtype) if dtype is not None else out
+        if copy:
+            return np.array(self._value, dtype=dtype, copy=True)
+        return np.asarray(self._value, dtype=dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
