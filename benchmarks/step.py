@@ -104,7 +104,7 @@ ALIASES = {"leaf": "leaf32m", "single": "leaf32m", "resnet": "resnet50", "gpt": 
 
 
 # --------------------------------------------------------------------------- trees
-def resnet50_shapes(width: float = 1.0, classes: int = 1000):
+def resnet50_shapes(width: float = 1.0, classes: int = 1000, blocks=(3, 4, 6, 3)):
     """ResNet-50's trainable weights: 53 conv kernels (HWIO), BatchNorm gamma/beta after
     each, and the final dense layer: 161 leaves, 25.6M params at full width."""
     out = []
@@ -117,8 +117,8 @@ def resnet50_shapes(width: float = 1.0, classes: int = 1000):
 
     conv("stem", 7, 3, ch(64))
     cin = ch(64)
-    for s, (blocks, w) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
-        for b in range(blocks):
+    for s, (n_blocks, w) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        for b in range(n_blocks):
             pre = f"stage{s + 1}/block{b + 1}"
             if b == 0:
                 conv(f"{pre}/shortcut", 1, cin, ch(4 * w))
@@ -154,20 +154,21 @@ def tree_shapes(name: str, quick: bool):
     if name == "leaf32m":
         return [("w", (1 << 20,) if quick else (32 << 20,))]
     if name == "resnet50":
-        return resnet50_shapes(0.25, 100) if quick else resnet50_shapes()
+        return resnet50_shapes(0.25, 100, (1, 1, 1, 1)) if quick else resnet50_shapes()
     if name == "gpt2":
-        return gpt2_shapes(d=64, vocab=1000, ctx=128) if quick else gpt2_shapes()
+        return gpt2_shapes(d=64, layers=4, vocab=1000, ctx=128) if quick else gpt2_shapes()
     if name == "small1000":
-        n = 200 if quick else 1000
+        n = 100 if quick else 1000
         return [(f"layer{i:04d}/kernel", (16, 32)) for i in range(n)]
     raise ValueError(f"unknown tree {name!r}; choose from {ALL_TREES}")
 
 
 def tree_description(name: str, quick: bool) -> str:
     if quick:
-        return {"leaf32m": "one 1M leaf (quick)", "resnet50": "ResNet-50 at width 1/4 (quick)",
-                "gpt2": "GPT-2 layout at d=64 (quick)",
-                "small1000": "200 leaves of 16x32 (quick)"}[name]
+        return {"leaf32m": "one 1M leaf (quick)",
+                "resnet50": "ResNet-50, one block per stage, width 1/4 (quick)",
+                "gpt2": "GPT-2 layout, 4 layers, d=64 (quick)",
+                "small1000": "100 leaves of 16x32 (quick)"}[name]
     return {"leaf32m": "one 32M-element leaf",
             "resnet50": "ResNet-50: 53 convs + BN gamma/beta + dense 2048x1000",
             "gpt2": "GPT-2-small layout, 12 layers, d=384, vocab 21760, ctx 1024",

@@ -36,7 +36,10 @@ class Variable:
                  dtype=None):
         if isinstance(initial_value, Variable):
             initial_value = initial_value.value
-        self._value = jnp.array(initial_value, dtype=dtype, copy=True)
+        value = jnp.array(initial_value, dtype=dtype, copy=True)
+        # A weakly typed value (from a Python scalar) would make the first compiled step
+        # trace again on its strongly typed output.
+        self._value = value.astype(value.dtype) if value.weak_type else value
         self._uid = next(_uid)
         self.name = name if name is not None else f"variable_{self._uid}"
         self.trainable = trainable
