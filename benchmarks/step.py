@@ -320,6 +320,9 @@ def build_keras_jit(opt, tree: HostTree, grads):
     return init, step
 
 
+IMPL_MODULE = {"optax": "optax", "kopt": "kopt", "kopt-stateful": "kopt",
+               "keras-jit": "keras", "keras-eager": "keras"}
+
 BUILDERS = {
     "optax": build_optax,
     "kopt": build_kopt,
@@ -461,12 +464,11 @@ def measure_bandwidth(n: int, cfg) -> dict:
 def run_row(tree: HostTree, grads, opt: str, impl: str, cfg, isolated: bool) -> dict:
     row = {"tree": tree.name, "opt": opt, "impl": impl, "n_params": tree.n_params,
            "n_leaves": tree.n_leaves}
-    # Import the implementation's modules first, so their memory is not the row's.
-    for mod in {"optax": ["optax"], "keras-jit": ["keras"], "keras-eager": ["keras"]}.get(impl, ["kopt"]):
-        __import__(mod)
-    probe = MemoryProbe(4 * tree.n_params, isolated)
-    row["memory_method"] = probe.method
     try:
+        # Import the implementation's modules first, so their memory is not the row's.
+        __import__(IMPL_MODULE[impl])
+        probe = MemoryProbe(4 * tree.n_params, isolated)
+        row["memory_method"] = probe.method
         init, step = BUILDERS[impl](opt, tree, grads)
         t0 = time.perf_counter()
         init()
@@ -513,12 +515,18 @@ def _row_in_subprocess(tree_name, opt, impl, args) -> dict:
         cmd.append("--quick-trees")
     if args.kopt_bucket_threshold is not None:
         cmd += ["--kopt-bucket-threshold", str(args.kopt_bucket_threshold)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("@@ROW "):
+            if proc.stderr.strip():
+                sys.stderr.write(proc.stderr)
             return json.loads(line[6:])
+    tail = proc.stderr.strip().splitlines()[-20:]
+    sys.stderr.write("\n".join(tail) + "\n")
     return {"tree": tree_name, "opt": opt, "impl": impl,
-            "error": f"subprocess exited with {proc.returncode} and no result"}
+            "error": f"subprocess exited with {proc.returncode} and no result: "
+                     + (tail[-1] if tail else ""),
+            "traceback": "\n".join(tail)}
 
 
 def _child(spec: dict, args) -> None:
@@ -619,7 +627,7 @@ def _git_rev():
                              capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", _ROOT, "status", "--porcelain", "--", "kopt"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ("+dirty" if dirty else "")) or None
+        return (rev + ("+dirty" if dirty else "")) if rev else None
     except Exception:
         return None
 
@@ -699,6 +707,13 @@ def main(argv=None):
     impls = _parse_list(args.impls, ALL_IMPLS, "impls")
     if args.skip_keras:
         impls = [i for i in impls if not i.startswith("keras")]
+    import importlib.util
+
+    missing = sorted({IMPL_MODULE[i] for i in impls
+                      if importlib.util.find_spec(IMPL_MODULE[i]) is None})
+    if missing:
+        print(f"not installed, so left out: {missing} (pip install -e '.[bench]')", file=sys.stderr)
+        impls = [i for i in impls if IMPL_MODULE[i] not in missing]
     t_start = time.perf_counter()
 
     dev = jax.devices()[0]
@@ -756,23 +771,36 @@ def main(argv=None):
                            f"({row['steps']} steps)")
                 print(f"  {tree_name:<10} {opt:<5} {impl:<14} {msg}   [{row['row_wall_s']:.1f} s]",
                       flush=True)
+                # Keep what is done on disk, in case the run is cut short.
+                write_json(args.out, rows, bw, trees_meta, versions, isolate, load0,
+                           time.perf_counter() - t_start, args, complete=False)
         del grads, tree
         gc.collect()
 
-    finish_rows(rows, bw["bytes_per_s"])
     total = time.perf_counter() - t_start
-    table = format_table(rows, trees_meta)
-    methods = sorted({r["memory_method"] for r in rows if "memory_method" in r})
+    result = write_json(args.out, rows, bw, trees_meta, versions, isolate, load0, total, args,
+                        complete=True)
     print()
     print(f"device: {jax.devices()}; jax {jax.__version__}; "
-          f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s; peak memory: {', '.join(methods)}")
-    print(table)
+          f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s; "
+          f"peak memory: {', '.join(result['meta']['memory_method'])}")
+    print(result["table"])
     print()
+    if args.quick_trees:
+        print("(--quick: small stand-in trees, so the targets below do not apply)")
     print(format_targets(rows))
     print(f"\ntotal {total:.0f} s; load average at start {load0}, at end {_loadavg()}")
+    print(f"wrote {args.out}")
 
+
+def write_json(path, rows, bw, trees_meta, versions, isolate, load0, total, args, complete):
+    """Write the results so far (rows are finished in place); returns the JSON object."""
+    finish_rows(rows, bw["bytes_per_s"])
+    dev = jax.devices()[0]
+    methods = sorted({r["memory_method"] for r in rows if "memory_method" in r})
     result = {
         "meta": {
+            "complete": complete,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "devices": [str(d) for d in jax.devices()],
             "device_kind": getattr(dev, "device_kind", None),
@@ -791,12 +819,12 @@ def main(argv=None):
         "rows": [{k: v for k, v in r.items() if k != "traceback"} for r in rows],
         "errors": [{"tree": r["tree"], "opt": r["opt"], "impl": r["impl"],
                     "traceback": r.get("traceback", r["error"])} for r in rows if "error" in r],
-        "table": table,
+        "table": format_table(rows, trees_meta),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

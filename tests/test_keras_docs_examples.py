@@ -17,9 +17,8 @@ import pytest
 
 import kopt
 
-LAYOUT_PATH = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "legacy_weight_layout.json"
-)
+# A copy of ../shared/reference/legacy_weight_layout.json, so the test runs in any checkout.
+LAYOUT_PATH = pathlib.Path(__file__).parent / "data" / "legacy_weight_layout.json"
 
 
 def dense_variables(seed=0):
