@@ -34,6 +34,24 @@ def _tracing() -> bool:
         return False
 
 
+def _check_grads(grads, values, names):
+    """Runs when the step is traced, before anything is executed or donated."""
+    for g, v, name in zip(grads, values, names):
+        if g is None:
+            continue
+        shape, dtype = getattr(g, "shape", None), getattr(g, "dtype", None)
+        if shape != v.shape:
+            raise ValueError(
+                f"Gradient for variable {name!r} has shape {shape}, but the variable has "
+                f"shape {v.shape}."
+            )
+        if dtype != v.dtype:
+            raise ValueError(
+                f"Gradient for variable {name!r} has dtype {dtype}, but the variable has "
+                f"dtype {v.dtype}. Cast the gradient to the variable's dtype."
+            )
+
+
 class Optimizer:
     """Base class of kopt's stateful optimizers.
 
@@ -93,7 +111,10 @@ class Optimizer:
     def _compile(self):
         tx = self._transform
 
+        names = [v.name for v in self._vars]
+
         def step(values, state, grads):
+            _check_grads(grads, values, names)
             updates, state = tx.update(grads, state, values)
             return apply_updates(values, updates), state
 
@@ -170,7 +191,7 @@ class Optimizer:
 
     def apply(self, grads, variables=None):
         """Apply `grads` to `variables` (Keras 3 argument order); returns `iterations`."""
-        if _tracing() or any(isinstance(g, jax.core.Tracer) for g in grads):
+        if _tracing():
             raise RuntimeError(
                 "The stateful optimizer cannot be called inside a JAX transformation "
                 "(jit, grad, vmap...). Use kopt.functional (opt.transform) or "
@@ -200,8 +221,11 @@ class Optimizer:
         return self.iterations
 
     def _full_grads(self, grads, variables):
-        """Gradients as a tuple aligned with the built variables (None where absent),
-        validated before anything is donated."""
+        """Gradients as a tuple aligned with the built variables (None where absent).
+
+        Shapes and dtypes are checked by `_check_grads` when the step is traced, so a
+        call with a known signature does no per-leaf work in Python.
+        """
         built = self._vars
         if len(variables) == len(built) and all(a is b for a, b in zip(variables, built)):
             full = grads
@@ -221,25 +245,7 @@ class Optimizer:
                         "sum its gradients and pass it once."
                     )
                 full[i] = g
-        out = []
-        for g, v in zip(full, built):
-            if g is None:
-                out.append(None)
-                continue
-            if not hasattr(g, "shape") or not hasattr(g, "dtype"):
-                g = jnp.asarray(g)
-            if g.shape != v._value.shape:
-                raise ValueError(
-                    f"Gradient for variable {v.name!r} has shape {tuple(g.shape)}, "
-                    f"but the variable has shape {v._value.shape}."
-                )
-            if jax.dtypes.canonicalize_dtype(g.dtype) != v._value.dtype:
-                raise ValueError(
-                    f"Gradient for variable {v.name!r} has dtype {g.dtype}, but the variable "
-                    f"has dtype {v._value.dtype}. Cast the gradient to the variable's dtype."
-                )
-            out.append(g)
-        return tuple(out)
+        return tuple(full)
 
     def minimize(self, loss_fn, variables, *args):
         """Differentiate `loss_fn(values, *args)` and apply the step in one compiled call.
