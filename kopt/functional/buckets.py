@@ -49,15 +49,36 @@ def state_dtype_for(dtype) -> np.dtype:
     return np.dtype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Layout:
-    """Where each leaf's state lives. Hashable and static."""
+    """Where each leaf's state lives. Hashable and static.
+
+    It is pytree aux data, so jit hashes and compares it on every call: the hash is
+    cached and equality short-cuts on identity.
+    """
 
     treedef: Any                               # PyTreeDef of params
     shapes: tuple[tuple[int, ...], ...]        # per leaf
     dtypes: tuple[str, ...]                    # state dtype per leaf
     place: tuple[tuple[int, int, int], ...]    # per leaf: (bucket or -1, offset, size)
     buckets: tuple[tuple[str, int], ...]       # per bucket: (dtype, total size)
+
+    def _key(self):
+        return (self.treedef, self.shapes, self.dtypes, self.place, self.buckets)
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(self._key())
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Layout) or hash(self) != hash(other):
+            return False
+        return self._key() == other._key()
 
     @property
     def num_leaves(self) -> int:

@@ -116,7 +116,9 @@ class Optimizer:
         def step(values, state, grads):
             _check_grads(grads, values, names)
             updates, state = tx.update(grads, state, values)
-            return apply_updates(values, updates), state
+            # `iterations` gets its own (undonated) copy of the count, so reading it
+            # never waits on the device and a held reference stays valid.
+            return apply_updates(values, updates), state, jnp.copy(state.count)
 
         self._step = jax.jit(step, donate_argnums=(0, 1))
         self._minimize_cache.clear()
@@ -150,6 +152,7 @@ class Optimizer:
         self._index = {id(v): i for i, v in enumerate(variables)}
         self._transform = self._make_transform(self._decay_mask())
         self._state = self._transform.init(tuple(v.value for v in variables))
+        self._iterations = jnp.copy(self._state.count)
         self._compile()
 
     def _decay_mask(self):
@@ -214,11 +217,11 @@ class Optimizer:
         if not self.built:
             self.build(variables)
         full = self._full_grads(grads, variables)
-        new_values, self._state = self._step(tuple(v._value for v in self._vars),
-                                             self._state, full)
+        new_values, self._state, self._iterations = self._step(
+            tuple(v._value for v in self._vars), self._state, full)
         for v, value in zip(self._vars, new_values):
             v._value = value
-        return self.iterations
+        return self._iterations
 
     def _full_grads(self, grads, variables):
         """Gradients as a tuple aligned with the built variables (None where absent).
@@ -272,10 +275,11 @@ class Optimizer:
             def run(values, state, *a):
                 loss, grads = jax.value_and_grad(lambda vals: loss_fn(list(vals), *a))(values)
                 updates, state = tx.update(grads, state, values)
-                return loss, apply_updates(values, updates), state
+                return loss, apply_updates(values, updates), state, jnp.copy(state.count)
 
             fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
-        loss, new_values, self._state = fn(tuple(v._value for v in self._vars), self._state, *args)
+        loss, new_values, self._state, self._iterations = fn(
+            tuple(v._value for v in self._vars), self._state, *args)
         for v, value in zip(self._vars, new_values):
             v._value = value
         return loss
@@ -305,13 +309,17 @@ class Optimizer:
                 f"Expected {jax.tree.structure(self._state)}, received {jax.tree.structure(new_state)}."
             )
         self._state = new_state
+        self._iterations = jnp.copy(new_state.count)
 
     @property
-    def iterations(self):
-        """The number of applied updates, a 0-d int32 numpy array (`int()` works)."""
+    def iterations(self) -> jax.Array:
+        """The number of applied updates, a 0-d int32 `jax.Array` (`int()` works).
+
+        Reading it does not wait for the step to finish; `int(opt.iterations)` does.
+        """
         if self._state is None:
-            return np.zeros((), np.int32)
-        return np.asarray(self._state.count)
+            return jnp.zeros((), jnp.int32)
+        return self._iterations
 
     @property
     def learning_rate(self):
@@ -425,6 +433,7 @@ class Optimizer:
                 leaves.append(w)
             slots[name] = Packed.from_leaves(layout, leaves)
         self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **slots)
+        self._iterations = jnp.copy(self._state.count)
         if callable(self._learning_rate):
             self._state = self._state._replace(
                 learning_rate=jnp.asarray(self._learning_rate(self._state.count), jnp.float32))
