@@ -51,8 +51,8 @@ def sgd(
         that decay. Default None (all).
       clipnorm, clipvalue, global_clipnorm: Keras's clipping; at most one. Default None.
       bucket_threshold: leaves with at most this many elements share flat state buffers;
-        0 turns bucketing off. Default 0 (off; see
-        `kopt.functional.buckets.DEFAULT_BUCKET_THRESHOLD`).
+        0 turns bucketing off. Default None: automatic, on for GPU/TPU and off for CPU
+        (see `kopt.functional.buckets`).
 
     Example:
       >>> import jax.numpy as jnp, kopt
