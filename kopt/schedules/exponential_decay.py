@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
+from kopt.schedules._util import check_nonnegative, check_positive, f32, floor_div
 from kopt.schedules.base import LearningRateSchedule, register
 
 __all__ = ["ExponentialDecay"]
@@ -11,22 +14,29 @@ __all__ = ["ExponentialDecay"]
 
 @register
 class ExponentialDecay(LearningRateSchedule):
-    """`lr(step) = initial_learning_rate * decay_rate ** (step / decay_steps)`.
+    r"""Exponential decay.
 
-    With `staircase=True` the exponent is `floor(step / decay_steps)`. Matches
-    `keras.optimizers.schedules.ExponentialDecay`.
+    .. math::
+        \eta(t) = \eta_0 \, r^{\,t / T}
+        \quad\text{or, with ``staircase``,}\quad
+        \eta(t) = \eta_0 \, r^{\lfloor t / T \rfloor}
+
+    where :math:`\eta_0` is `initial_learning_rate`, :math:`r` is `decay_rate` and
+    :math:`T` is `decay_steps`.
 
     Args:
-      initial_learning_rate: the rate at step 0.
-      decay_steps: positive number of steps per decay period.
-      decay_rate: the factor applied per period.
+      initial_learning_rate: the rate at step 0, a number >= 0.
+      decay_steps: steps per decay period, a number > 0.
+      decay_rate: the factor applied per period, a number >= 0.
       staircase: decay in discrete intervals. Default False.
-      name: optional name, kept in the config. Default "ExponentialDecay".
+      name: kept in the config. Default "ExponentialDecay".
 
     Example:
       >>> sched = ExponentialDecay(1e-2, decay_steps=10000, decay_rate=0.9)
-      >>> float(sched(10000))  # doctest: +ELLIPSIS
-      0.009...
+      >>> round(float(sched(10000)), 6)
+      0.009
+
+    Reference: `keras.optimizers.schedules.ExponentialDecay` (Keras 3).
     """
 
     def __init__(
@@ -37,20 +47,19 @@ class ExponentialDecay(LearningRateSchedule):
         staircase=False,
         name="ExponentialDecay",
     ):
-        if decay_steps <= 0:
-            raise ValueError(f"Argument `decay_steps` must be > 0. Received: decay_steps={decay_steps}")
+        check_nonnegative("initial_learning_rate", initial_learning_rate)
+        check_positive("decay_steps", decay_steps)
+        check_nonnegative("decay_rate", decay_rate)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.decay_rate = decay_rate
         self.staircase = staircase
         self.name = name
 
-    def __call__(self, step):
-        lr0 = jnp.asarray(self.initial_learning_rate, jnp.float32)
-        p = jnp.asarray(step, jnp.float32) / jnp.float32(self.decay_steps)
-        if self.staircase:
-            p = jnp.floor(p)
-        return lr0 * jnp.power(jnp.float32(self.decay_rate), p)
+    def __call__(self, step: ArrayLike) -> jax.Array:
+        t, period = f32(step), f32(self.decay_steps)
+        p = floor_div(t, period) if self.staircase else t / period
+        return f32(self.initial_learning_rate) * jnp.power(f32(self.decay_rate), p)
 
     def get_config(self):
         return {
