@@ -1,7 +1,20 @@
 """kopt: JAX optimizers with Keras 3 numerics, in a functional and a stateful layer."""
 
 from kopt import functional, optimizers, schedules
-from kopt.stateful import SGD, Adam, AdamW, Optimizer, RMSprop, Variable
+from kopt.stateful import (
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Ftrl,
+    Lion,
+    Nadam,
+    Optimizer,
+    RMSprop,
+    Variable,
+)
 
 __version__ = "0.1.0"
 
@@ -15,4 +28,10 @@ __all__ = [
     "RMSprop",
     "Adam",
     "AdamW",
+    "Adadelta",
+    "Adagrad",
+    "Adamax",
+    "Nadam",
+    "Ftrl",
+    "Lion",
 ]

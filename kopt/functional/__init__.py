@@ -1,6 +1,9 @@
 """kopt.functional: pure `init`/`update` optimizer transforms (optax-compatible)."""
 
+from kopt.functional.adadelta import AdadeltaState, adadelta
+from kopt.functional.adagrad import AdagradState, adagrad
 from kopt.functional.adam import AdamState, adam
+from kopt.functional.adamax import AdamaxState, adamax
 from kopt.functional.adamw import adamw
 from kopt.functional.base import (
     Transform,
@@ -13,6 +16,9 @@ from kopt.functional.base import (
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.ftrl import FtrlState, ftrl
+from kopt.functional.lion import LionState, lion
+from kopt.functional.nadam import NadamState, nadam
 from kopt.functional.rmsprop import RMSpropState, rmsprop
 from kopt.functional.sgd import SGDState, sgd
 from kopt.functional.weight_decay import add_decayed_weights
@@ -39,4 +45,16 @@ __all__ = [
     "adam",
     "AdamState",
     "adamw",
+    "adadelta",
+    "AdadeltaState",
+    "adagrad",
+    "AdagradState",
+    "adamax",
+    "AdamaxState",
+    "nadam",
+    "NadamState",
+    "ftrl",
+    "FtrlState",
+    "lion",
+    "LionState",
 ]

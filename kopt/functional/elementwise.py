@@ -13,6 +13,15 @@ Keras 3's order of operations:
 
 The learning rate at step `count` is the stored float, or `schedule(count)`.
 A `None` gradient leaf is skipped: no update, and its state is unchanged.
+
+Two optional parts of a `Rule` cover the rules that are not purely per-parameter:
+
+- `scalars`: 0-d float32 state fields shared by all params (Nadam's `momentum_cache`).
+  `advance` updates them once per update, before the per-parameter steps, as Keras's
+  `_backend_update_step` does; `step` then reads the new values from its `slots` dict.
+- `needs_params`: `step` also receives the param (Ftrl assigns the variable from its
+  state). It sees the param after weight decay, as Keras's `update_step` sees the
+  variable after `_apply_weight_decay`, and returns `new_param - param` as its delta.
 """
 
 from __future__ import annotations
@@ -38,12 +47,23 @@ class Rule(NamedTuple):
 
     `step(g, slots, lr, t) -> (delta, new_slots)`: `g` is a gradient array, `slots` a dict
     from slot name to an array shaped like `g`, `lr` the learning rate and `t` the 1-based
-    step number, both scalars of `g`'s dtype. `delta` is added to the param.
+    step number, both scalars of `g`'s dtype. `delta` is added to the param. `new_slots`
+    holds the new value of every name in `slots`.
+
+    With `scalars`, `slots` also holds each scalar (the value after `advance`, cast to
+    `g`'s dtype); `new_slots` does not return them. `advance(scalars, t) -> new_scalars`
+    maps the dict of float32 scalars and the int32 step number to their next values.
+
+    With `needs_params`, the call is `step(g, slots, lr, t, param)`: `param` has the
+    layout of `g` (flat for a bucket) and has had weight decay applied.
     """
 
     slots: tuple[str, ...]
     step: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
     fill: dict[str, float] = {}   # initial value per slot; 0 when absent
+    scalars: dict[str, float] = {}   # scalar state field -> initial value (float32)
+    advance: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None
+    needs_params: bool = False
 
 
 def _check_threshold(bucket_threshold):
@@ -75,18 +95,29 @@ def elementwise_transform(
     validate_weight_decay(weight_decay)
     _check_threshold(bucket_threshold)
 
+    if rule.scalars and rule.advance is None:
+        raise ValueError("A Rule with `scalars` needs an `advance` function.")
+
     def init_fn(params):
         slots = {}
         if rule.slots:
             layout = plan(params, bucket_threshold)
             for name in rule.slots:
                 slots[name] = Packed.full(layout, rule.fill.get(name, 0.0), like=params)
-        return state_cls(count=jnp.zeros((), jnp.int32), learning_rate=lr.initial(), **slots)
+        scalars = {name: jnp.asarray(v, jnp.float32) for name, v in rule.scalars.items()}
+        return state_cls(
+            count=jnp.zeros((), jnp.int32), learning_rate=lr.initial(), **scalars, **slots
+        )
 
     def update_fn(updates, state, params=None):
         if weight_decay and params is None:
             raise ValueError(
                 "This optimizer applies weight decay, so update() needs `params`: "
+                "call update(grads, state, params)."
+            )
+        if rule.needs_params and params is None:
+            raise ValueError(
+                "This optimizer's rule reads the parameters, so update() needs `params`: "
                 "call update(grads, state, params)."
             )
         if rule.slots:
@@ -113,10 +144,37 @@ def elementwise_transform(
         deltas: list[Any] = [None] * len(g_all)
         new_slots = {}
 
+        scalars = {}
+        if rule.scalars:
+            old_scalars = {name: getattr(state, name) for name in rule.scalars}
+            scalars = {
+                name: jnp.asarray(x, jnp.float32)
+                for name, x in rule.advance(old_scalars, t).items()
+            }
+
+        # The params as the rule sees them: after decoupled weight decay (Keras's order).
+        p_leaves = treedef.flatten_up_to(params) if (weight_decay or rule.needs_params) else None
+        use_decay = resolve_mask(weight_decay_mask, params, treedef) if weight_decay else None
+        seen: list[Any] = [None] * len(g_all)
+        if rule.needs_params:
+            for i in present:
+                p = jnp.asarray(p_leaves[i])
+                if weight_decay and use_decay[i]:
+                    p = p - p * (weight_decay * rate.astype(p.dtype))
+                seen[i] = p
+
+        def run_step(g, slots, dtype, param=None):
+            slots = {**slots, **{n: x.astype(dtype) for n, x in scalars.items()}}
+            args = (g, slots, rate.astype(dtype), t.astype(dtype))
+            if rule.needs_params:
+                args += (param,)
+            return rule.step(*args)
+
         if layout is None:
             for i in present:
                 g = grads[i]
-                d, _ = rule.step(g, {}, rate.astype(g.dtype), t.astype(g.dtype))
+                param = seen[i].astype(g.dtype) if rule.needs_params else None
+                d, _ = run_step(g, {}, g.dtype, param)
                 deltas[i] = d
         else:
             old = {name: getattr(state, name) for name in rule.slots}
@@ -133,9 +191,16 @@ def elementwise_transform(
                     for i in members
                 ]
                 g_flat = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
-                d_flat, s_flat = rule.step(
-                    g_flat, {n: old[n].buckets[b] for n in rule.slots},
-                    rate.astype(dtype), t.astype(dtype),
+                p_flat = None
+                if rule.needs_params:
+                    p_parts = [
+                        jnp.ravel(seen[i]).astype(dtype) if grads[i] is not None
+                        else jnp.zeros((layout.place[i][2],), dtype)
+                        for i in members
+                    ]
+                    p_flat = jnp.concatenate(p_parts) if len(p_parts) > 1 else p_parts[0]
+                d_flat, s_flat = run_step(
+                    g_flat, {n: old[n].buckets[b] for n in rule.slots}, dtype, p_flat
                 )
                 # Materialise the bucket's results once. Without the barrier XLA fuses the
                 # whole concatenate-and-update into every per-leaf slice below, which is
@@ -156,9 +221,9 @@ def elementwise_transform(
                 if grads[i] is None:
                     continue
                 dtype = layout.dtypes[i]
-                d, s = rule.step(
-                    grads[i].astype(dtype), {n: old[n].leaves[i] for n in rule.slots},
-                    rate.astype(dtype), t.astype(dtype),
+                param = seen[i].astype(dtype) if rule.needs_params else None
+                d, s = run_step(
+                    grads[i].astype(dtype), {n: old[n].leaves[i] for n in rule.slots}, dtype, param
                 )
                 deltas[i] = d
                 for n in rule.slots:
@@ -168,17 +233,17 @@ def elementwise_transform(
             }
 
         if weight_decay:
-            p_leaves = treedef.flatten_up_to(params)
-            use = resolve_mask(weight_decay_mask, params, treedef)
             for i in present:
-                if use[i]:
+                if use_decay[i]:
                     p = p_leaves[i]
                     dt = deltas[i].dtype
                     deltas[i] = deltas[i] - p.astype(dt) * (weight_decay * rate.astype(dt))
         for i in present:
             deltas[i] = deltas[i].astype(g_all[i].dtype)
 
-        new_state = state._replace(count=t, learning_rate=lr.next(state, t), **new_slots)
+        new_state = state._replace(
+            count=t, learning_rate=lr.next(state, t), **scalars, **new_slots
+        )
         return treedef.unflatten(deltas), new_state
 
     return Transform(init_fn, update_fn)

@@ -1,7 +1,13 @@
 """kopt.stateful: the Keras-style facade (also importable as `kopt.optimizers`)."""
 
+from kopt.stateful.adadelta import Adadelta
+from kopt.stateful.adagrad import Adagrad
 from kopt.stateful.adam import Adam
+from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
+from kopt.stateful.ftrl import Ftrl
+from kopt.stateful.lion import Lion
+from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.registry import deserialize, get, serialize
 from kopt.stateful.rmsprop import RMSprop
@@ -15,6 +21,12 @@ __all__ = [
     "RMSprop",
     "Adam",
     "AdamW",
+    "Adadelta",
+    "Adagrad",
+    "Adamax",
+    "Nadam",
+    "Ftrl",
+    "Lion",
     "get",
     "serialize",
     "deserialize",

@@ -363,17 +363,41 @@ class Optimizer:
             self._state = self._state._replace(learning_rate=jnp.asarray(number, jnp.float32))
 
     # ----------------------------------------------------------------- weights
-    def _slot_names(self):
-        return [f for f in self._state._fields[2:] if getattr(self._state, f) is not None]
+    def _weight_fields(self):
+        """The state's fields that `get_weights` lists: `(scalars, slots)`.
+
+        `scalars` are 0-d fields shared by all variables (Nadam's `momentum_cache`);
+        `slots` are the per-variable `Packed` fields. Both in field order; fields that are
+        None (a disabled option) are left out.
+        """
+        scalars, slots = [], []
+        for f in self._state._fields[2:]:
+            x = getattr(self._state, f)
+            if x is not None:
+                (slots if isinstance(x, Packed) else scalars).append(f)
+        return scalars, slots
+
+    def _slot_entries(self, slots):
+        """`(slot, variable index)` for each per-variable entry, in `get_weights` order.
+
+        Slot by slot, unless the state class sets `weights_by_variable = True` (Ftrl):
+        then variable by variable, each with all its slots.
+        """
+        n = len(self._vars)
+        if getattr(type(self._state), "weights_by_variable", False):
+            return [(name, j) for j in range(n) for name in slots]
+        return [(name, j) for name in slots for j in range(n)]
 
     @property
     def variables(self) -> list[jax.Array]:
         """The optimizer state as arrays, in `get_weights` order (snapshots)."""
         if not self.built:
             return []
+        scalars, slots = self._weight_fields()
         out = [jnp.copy(self._state.count)]
-        for name in self._slot_names():
-            out.extend(jnp.copy(x) for x in getattr(self._state, name).to_leaves())
+        out.extend(jnp.copy(getattr(self._state, name)) for name in scalars)
+        out.extend(jnp.copy(getattr(self._state, name).leaf(j))
+                   for name, j in self._slot_entries(slots))
         return out
 
     @property
@@ -381,10 +405,13 @@ class Optimizer:
         return self.variables
 
     def get_weights(self) -> list[np.ndarray]:
-        """`[iterations, slot_1 of every variable, slot_2 of every variable, ...]`.
+        """`[iterations, scalars..., slot_1 of every variable, slot_2 of every variable, ...]`.
 
-        The legacy tf.keras (OptimizerV2) slot-major layout; slot order is the state's
-        field order (e.g. Adam: m, v, vhat; RMSprop: rms, momentum, mg).
+        The legacy tf.keras (OptimizerV2) layout. Scalar state shared by all variables
+        (Nadam's `momentum_cache`) comes right after the iteration count. The per-variable
+        slots follow slot by slot, in the state's field order (e.g. Adam: m, v, vhat;
+        RMSprop: rms, momentum, mg), except where the state class says
+        `weights_by_variable` (Ftrl: accumulator and linear alternate per variable).
         """
         if not self.built:
             return []
@@ -397,12 +424,14 @@ class Optimizer:
                 "set_weights() needs a built optimizer: call opt.build(variables) first.")
         if not isinstance(weights, (list, tuple)):
             raise TypeError(f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
-        names = self._slot_names()
+        scalars, names = self._weight_fields()
+        entries = self._slot_entries(names)
         n = len(self._vars)
-        expected = 1 + len(names) * n
+        expected = 1 + len(scalars) + len(entries)
         if len(weights) != expected:
+            shared = f"{len(scalars)} scalar(s) {scalars}, then " if scalars else ""
             raise ValueError(
-                f"set_weights expected a list of {expected} arrays (iterations, then "
+                f"set_weights expected a list of {expected} arrays (iterations, then {shared}"
                 f"{len(names)} slot(s) {names} for each of {n} variables); received {len(weights)}."
             )
         count = np.asarray(weights[0])
@@ -413,26 +442,37 @@ class Optimizer:
                 "set_weights: entry 0 must be the iteration count, a 0-d integer. "
                 f"Received shape {count.shape}, dtype {count.dtype}."
             )
-        slots = {}
-        for s, name in enumerate(names):
-            layout = getattr(self._state, name).layout
-            leaves = []
-            for j, v in enumerate(self._vars):
-                k = 1 + s * n + j
-                w = np.asarray(weights[k])
-                if w.shape != v.shape:
-                    raise ValueError(
-                        f"set_weights: entry {k} ({name} of variable {v.name!r}) has shape "
-                        f"{w.shape}, expected {v.shape}."
-                    )
-                if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
-                    raise ValueError(
-                        f"set_weights: entry {k} ({name} of variable {v.name!r}) has dtype "
-                        f"{w.dtype}; expected a real number array."
-                    )
-                leaves.append(w)
-            slots[name] = Packed.from_leaves(layout, leaves)
-        self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **slots)
+
+        def real(w, k, what):
+            if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+                raise ValueError(
+                    f"set_weights: entry {k} ({what}) has dtype {w.dtype}; expected a real "
+                    "number array."
+                )
+
+        new = {}
+        for k, name in enumerate(scalars, start=1):
+            w = np.asarray(weights[k])
+            if w.shape != ():
+                raise ValueError(
+                    f"set_weights: entry {k} ({name}) has shape {w.shape}, expected ()."
+                )
+            real(w, k, name)
+            new[name] = jnp.asarray(w, getattr(self._state, name).dtype)
+        leaves = {name: [None] * n for name in names}
+        for k, (name, j) in enumerate(entries, start=1 + len(scalars)):
+            v = self._vars[j]
+            w = np.asarray(weights[k])
+            if w.shape != v.shape:
+                raise ValueError(
+                    f"set_weights: entry {k} ({name} of variable {v.name!r}) has shape "
+                    f"{w.shape}, expected {v.shape}."
+                )
+            real(w, k, f"{name} of variable {v.name!r}")
+            leaves[name][j] = w
+        for name in names:
+            new[name] = Packed.from_leaves(getattr(self._state, name).layout, leaves[name])
+        self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
         self._iterations = jnp.copy(self._state.count)
         if callable(self._learning_rate):
             self._state = self._state._replace(

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from kopt.stateful.adadelta import Adadelta
+from kopt.stateful.adagrad import Adagrad
 from kopt.stateful.adam import Adam
+from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
+from kopt.stateful.ftrl import Ftrl
+from kopt.stateful.lion import Lion
+from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.rmsprop import RMSprop
 from kopt.stateful.sgd import SGD
@@ -13,7 +19,9 @@ from kopt.stateful.sgd import SGD
 __all__ = ["get", "serialize", "deserialize", "ALL_OPTIMIZERS"]
 
 ALL_OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.__name__.lower(): cls for cls in (SGD, RMSprop, Adam, AdamW)
+    cls.__name__.lower(): cls for cls in (
+        SGD, RMSprop, Adam, AdamW, Adadelta, Adagrad, Adamax, Nadam, Ftrl, Lion,
+    )
 }
 
 

@@ -1,0 +1,79 @@
+"""Adadelta, as `keras.optimizers.Adadelta`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kopt.functional.base import Transform
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.validation import check_nonnegative, check_unit_interval
+
+__all__ = ["adadelta", "AdadeltaState"]
+
+
+class AdadeltaState(NamedTuple):
+    count: jax.Array             # shape=(), int32: updates applied
+    learning_rate: jax.Array     # shape=(), float32: rate of the next update
+    accum_grad: Packed           # running mean of g^2, like params
+    accum_var: Packed            # running mean of the squared step, like params
+
+
+def adadelta(
+    learning_rate=0.001,
+    rho: float = 0.95,
+    epsilon: float = 1e-7,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask=None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+) -> Transform:
+    r"""Adadelta with Keras 3's formula, scaled by a learning rate.
+
+    .. math::
+        E[g^2] &\leftarrow \rho E[g^2] + (1-\rho) g^2 \\
+        \Delta &= -\frac{\sqrt{E[\Delta^2] + \epsilon}}{\sqrt{E[g^2] + \epsilon}}\, g
+            \quad\text{(with } E[\Delta^2] \text{ from the previous step)} \\
+        E[\Delta^2] &\leftarrow \rho E[\Delta^2] + (1-\rho) \Delta^2, \qquad
+        \theta \leftarrow \theta + \eta \Delta
+
+    Zeiler's original has no learning rate, which is `learning_rate=1.0` here.
+
+    Args:
+      learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
+      rho: decay of both running means. Default 0.95.
+      epsilon: added inside both square roots. Default 1e-7.
+      weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
+      bucket_threshold: as in `kopt.functional.sgd`.
+
+    Example:
+      >>> import jax.numpy as jnp, kopt
+      >>> tx = kopt.functional.adadelta(1.0)
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+
+    Reference: Zeiler, "ADADELTA: An Adaptive Learning Rate Method" (2012);
+    `keras.optimizers.Adadelta`.
+    """
+    check_unit_interval("rho", rho)
+    check_nonnegative("epsilon", epsilon)
+
+    def step(g, s, lr, t):
+        del t
+        accum_grad = rho * s["accum_grad"] + (1 - rho) * (g * g)
+        delta = -(jnp.sqrt(s["accum_var"] + epsilon) * g) / jnp.sqrt(accum_grad + epsilon)
+        accum_var = rho * s["accum_var"] + (1 - rho) * (delta * delta)
+        return lr * delta, {"accum_grad": accum_grad, "accum_var": accum_var}
+
+    return elementwise_transform(
+        Rule(slots=("accum_grad", "accum_var"), step=step), AdadeltaState, learning_rate,
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+    )

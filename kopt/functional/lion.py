@@ -1,0 +1,82 @@
+"""Lion, as `keras.optimizers.Lion`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kopt.functional.base import Transform
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.validation import check_unit_interval
+
+__all__ = ["lion", "LionState"]
+
+
+class LionState(NamedTuple):
+    count: jax.Array             # shape=(), int32: updates applied
+    learning_rate: jax.Array     # shape=(), float32: rate of the next update
+    momentum: Packed             # the momentum m, like params
+
+
+def lion(
+    learning_rate=0.001,
+    beta_1: float = 0.9,
+    beta_2: float = 0.99,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask=None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+) -> Transform:
+    r"""Lion (EvoLved Sign Momentum), as Keras 3 computes it.
+
+    .. math::
+        \theta \leftarrow \theta - \eta\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g),
+        \qquad m \leftarrow \beta_2 m + (1-\beta_2) g
+
+    Every coordinate moves by exactly :math:`\eta` (or 0), so Lion wants a learning rate
+    3-10x smaller than Adam's. Weight decay is decoupled, as for every kopt optimizer.
+
+    Args:
+      learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
+      beta_1: interpolation weight for the update direction, in (0, 1]. Default 0.9.
+      beta_2: decay of the momentum. Default 0.99.
+      weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
+      bucket_threshold: as in `kopt.functional.sgd`.
+
+    Example:
+      >>> import jax.numpy as jnp, kopt
+      >>> tx = kopt.functional.lion(1e-4)
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+      >>> updates["w"]
+      Array([-0.0001, -0.0001, -0.0001], dtype=float32)
+
+    Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (2023);
+    `keras.optimizers.Lion`.
+    """
+    check_unit_interval("beta_1", beta_1)
+    if beta_1 == 0:
+        raise ValueError(
+            "Argument `beta_1` must be in the (0, 1] range. Otherwise, the optimizer "
+            f"degenerates to SignSGD. Received: beta_1={beta_1!r}"
+        )
+    check_unit_interval("beta_2", beta_2)
+
+    def step(g, s, lr, t):
+        del t
+        direction = jnp.sign(s["momentum"] * beta_1 + g * (1.0 - beta_1))
+        momentum = s["momentum"] * beta_2 + g * (1.0 - beta_2)
+        return -(lr * direction), {"momentum": momentum}
+
+    return elementwise_transform(
+        Rule(slots=("momentum",), step=step), LionState, learning_rate,
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+    )

@@ -1,0 +1,56 @@
+"""Stateful `Nadam`, a thin shell over `kopt.functional.nadam`."""
+
+from __future__ import annotations
+
+from kopt import functional
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.stateful.optimizer import Optimizer
+
+__all__ = ["Nadam"]
+
+
+class Nadam(Optimizer):
+    """Nadam with the 0.96^t momentum schedule, as `keras.optimizers.Nadam`.
+
+    The update rule, arguments and defaults are those of `kopt.functional.nadam` (whose
+    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
+
+    `get_weights()`: `[iterations, momentum_cache, m of every variable, v of every variable]`;
+    `momentum_cache` is the 0-d running product of the momentum schedule.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
+      >>> opt = kopt.optimizers.Nadam()
+      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
+      >>> int(opt.apply_gradients([(grads, w)]))
+      1
+    """
+
+    _factory = staticmethod(functional.nadam)
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        name=None,
+        bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon),
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            name=name,
+            bucket_threshold=bucket_threshold,
+            **kwargs,
+        )
