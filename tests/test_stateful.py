@@ -481,15 +481,6 @@ def test_round_tripped_optimizer_steps_identically():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Not yet (issue #3): SPEC section 2 asks for the Keras 3 constructor signature, but "
-        "kopt/stateful/{sgd,rmsprop,adam,adamw}.py do not accept Keras's use_ema, ema_momentum, "
-        "ema_overwrite_frequency, loss_scale_factor and gradient_accumulation_steps: "
-        "Adam(use_ema=False) raises ValueError('Argument(s) not recognized')."
-    ),
-)
 def test_constructor_accepts_every_keras_argument_with_its_default():
     keras = pytest.importorskip("keras")
     problems = []

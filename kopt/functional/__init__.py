@@ -15,6 +15,13 @@ from kopt.functional.base import (
 )
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from kopt.functional.cross_cutting import (
+    AccumulateState,
+    EmaState,
+    accumulate_gradients,
+    ema,
+    unscale_gradients,
+)
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.ftrl import FtrlState, ftrl
 from kopt.functional.lion import LionState, lion
@@ -34,6 +41,11 @@ __all__ = [
     "clip_by_value",
     "clip_by_global_norm",
     "add_decayed_weights",
+    "unscale_gradients",
+    "ema",
+    "EmaState",
+    "accumulate_gradients",
+    "AccumulateState",
     "Rule",
     "elementwise_transform",
     "Packed",

@@ -20,6 +20,9 @@ class AdadeltaState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     accum_grad: Packed           # running mean of g^2, like params
     accum_var: Packed            # running mean of the squared step, like params
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def adadelta(
@@ -33,6 +36,11 @@ def adadelta(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""Adadelta with Keras 3's formula, scaled by a learning rate.
 
@@ -50,7 +58,8 @@ def adadelta(
       rho: decay of both running means. Default 0.95.
       epsilon: added inside both square roots. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
-      bucket_threshold: as in `kopt.functional.sgd`.
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -76,4 +85,7 @@ def adadelta(
         Rule(slots=("accum_grad", "accum_var"), step=step), AdadeltaState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

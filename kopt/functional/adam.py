@@ -21,6 +21,9 @@ class AdamState(NamedTuple):
     m: Packed                    # first moment, like params
     v: Packed                    # second moment, like params
     vhat: Packed | None = None   # running max of v, like params; None unless amsgrad
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def adam_rule(beta_1, beta_2, epsilon, amsgrad) -> Rule:
@@ -55,6 +58,11 @@ def adam(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""Adam in Keras 3's "epsilon-hat" form (epsilon is added to the uncorrected root).
 
@@ -77,7 +85,8 @@ def adam(
       epsilon: the "epsilon hat" of Kingma & Ba, section 2. Default 1e-7.
       amsgrad: keep the running maximum of `v` (Reddi et al., 2018). Default False.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
-      bucket_threshold: as in `kopt.functional.sgd`.
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
 
     Example:
       >>> import jax, jax.numpy as jnp, kopt
@@ -95,4 +104,7 @@ def adam(
         adam_rule(beta_1, beta_2, epsilon, amsgrad), AdamState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

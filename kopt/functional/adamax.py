@@ -20,6 +20,9 @@ class AdamaxState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     m: Packed                    # first moment, like params (Keras 3: "momentum")
     v: Packed                    # decayed infinity norm of g, like params (Keras 3: "norm")
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def adamax(
@@ -34,6 +37,11 @@ def adamax(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""Adamax, the infinity-norm variant of Adam, with Keras 3's formula.
 
@@ -50,7 +58,8 @@ def adamax(
       beta_2: decay of the infinity norm. Default 0.999.
       epsilon: added to the norm. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
-      bucket_threshold: as in `kopt.functional.sgd`.
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -75,4 +84,7 @@ def adamax(
         Rule(slots=("m", "v"), step=step), AdamaxState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

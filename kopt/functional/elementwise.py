@@ -11,6 +11,22 @@ Keras 3's order of operations:
 3. add decoupled weight decay, `-param * weight_decay * lr`, where the mask allows;
 4. count the step.
 
+Keras's cross-cutting options wrap that core, in Keras 3's order:
+
+- `loss_scale_factor`: the gradients are divided by it first;
+- `gradient_accumulation_steps=N`: the gradients are added to the `accum` slot; on every
+  N-th call (`micro_step`, the raw call count) the core runs on the mean `accum / N`
+  (under `jax.lax.cond`) and `accum` is reset; other calls return zero updates and leave
+  the core state unchanged. `count` counts real updates (Keras's `iterations`); schedules
+  read `micro_step` (Keras's `_iterations`);
+- `use_ema`: after the step, on every call, `ema = m * ema + (1 - m) * new_param` with
+  `m = 0` while `count == 0` and `ema_momentum` after; with `ema_overwrite_frequency=F`,
+  when `(count + 1) % F == 0` (count before this call) the update moves the param onto
+  the new EMA.
+
+These live in the optional state fields `ema`, `accum` (Packed, like the slots) and
+`micro_step` (int32 scalar), None when the option is off.
+
 The learning rate at step `count` is the stored float, or `schedule(count)`.
 A `None` gradient leaf is skipped: no update, and its state is unchanged.
 
@@ -33,10 +49,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, plan
 from kopt.functional.clipping import clip_leaves, validate_clip_options
 from kopt.functional.learning_rate import as_learning_rate
+from kopt.functional.validation import (
+    validate_accumulation,
+    validate_ema,
+    validate_loss_scale_factor,
+)
 from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
 
 __all__ = ["Rule", "elementwise_transform"]
@@ -87,24 +108,46 @@ def elementwise_transform(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     """Build a `Transform` from `rule`; `state_cls` is a NamedTuple with fields
-    `count`, `learning_rate` and (at least) one per slot."""
+    `count`, `learning_rate`, (at least) one per slot, and `ema`, `accum` and
+    `micro_step` (defaulting to None) for the cross-cutting options."""
     lr = as_learning_rate(learning_rate)
     validate_clip_options(clipnorm, clipvalue, global_clipnorm)
     validate_weight_decay(weight_decay)
     _check_threshold(bucket_threshold)
+    validate_loss_scale_factor(loss_scale_factor)
+    validate_ema(use_ema, ema_momentum, ema_overwrite_frequency)
+    validate_accumulation(gradient_accumulation_steps)
+    accum_steps = gradient_accumulation_steps or None
+    need_aux = bool(use_ema or accum_steps)
+    if need_aux:
+        missing = [f for f in ("ema", "accum", "micro_step") if f not in state_cls._fields]
+        if missing:
+            raise TypeError(f"{state_cls.__name__} lacks the field(s) {missing} that the "
+                            "cross-cutting options need.")
 
     if rule.scalars and rule.advance is None:
         raise ValueError("A Rule with `scalars` needs an `advance` function.")
 
     def init_fn(params):
         slots = {}
-        if rule.slots:
+        if rule.slots or need_aux:
             layout = plan(params, bucket_threshold)
+        if rule.slots:
             for name in rule.slots:
                 slots[name] = Packed.full(layout, rule.fill.get(name, 0.0), like=params)
         scalars = {name: jnp.asarray(v, jnp.float32) for name, v in rule.scalars.items()}
+        if use_ema:   # zeros, as Keras; the first update sets it to the params
+            slots["ema"] = Packed.full(layout, 0.0, like=params)
+        if accum_steps:
+            slots["accum"] = Packed.full(layout, 0.0, like=params)
+            scalars["micro_step"] = jnp.zeros((), jnp.int32)
         return state_cls(
             count=jnp.zeros((), jnp.int32), learning_rate=lr.initial(), **scalars, **slots
         )
@@ -120,9 +163,17 @@ def elementwise_transform(
                 "This optimizer's rule reads the parameters, so update() needs `params`: "
                 "call update(grads, state, params)."
             )
+        if use_ema and params is None:
+            raise ValueError(
+                "This optimizer keeps an EMA of the parameters (use_ema=True), so update() "
+                "needs `params`: call update(grads, state, params)."
+            )
         if rule.slots:
             layout = getattr(state, rule.slots[0]).layout
             treedef = layout.treedef
+        elif need_aux:
+            layout = None
+            treedef = (state.ema if use_ema else state.accum).layout.treedef
         else:
             layout = None
             treedef = jax.tree.structure(params if params is not None else updates)
@@ -134,12 +185,95 @@ def elementwise_transform(
                 f"Expected structure {treedef}, received {jax.tree.structure(updates)}."
             ) from e
         present = [i for i, g in enumerate(g_all) if g is not None]
+        if loss_scale_factor is not None:   # unscale first, as Keras's `apply`
+            g_all = [g if g is None else g / loss_scale_factor for g in g_all]
+        # Schedules read the raw number of calls (Keras's `_iterations`), which differs
+        # from the update count only under gradient accumulation.
+        raw_step = state.micro_step if accum_steps else state.count
+        rate = lr.value(state, raw_step)
+
+        if accum_steps:
+            aux_layout = state.accum.layout
+            acc = state.accum.to_leaves()
+            is_update = (state.micro_step + 1) % accum_steps == 0
+            g_eff = list(g_all)
+            new_acc = list(acc)
+            for i in present:
+                summed = g_all[i].astype(acc[i].dtype) + acc[i]
+                g_eff[i] = (summed / accum_steps).astype(g_all[i].dtype)
+                new_acc[i] = jnp.where(is_update, jnp.zeros_like(summed), summed)
+
+            def skip():
+                zeros = [None if g is None else jnp.zeros_like(g) for g in g_all]
+                return zeros, _core_fields(state)
+
+            deltas, core = jax.lax.cond(
+                is_update, lambda: core_step(g_eff, state, params, rate), skip)
+            count = state.count + is_update.astype(state.count.dtype)
+            extra = {"accum": Packed.from_leaves(aux_layout, new_acc),
+                     "micro_step": state.micro_step + 1}
+        else:
+            deltas, core = core_step(g_all, state, params, rate)
+            count = state.count + 1
+            extra = {}
+
+        if use_ema:
+            deltas, extra["ema"] = ema_step(deltas, state, params, treedef)
+
+        new_state = state._replace(
+            count=count, learning_rate=lr.next(state, raw_step + 1), **core, **extra
+        )
+        return treedef.unflatten(deltas), new_state
+
+    def _core_fields(state):
+        fields = {name: getattr(state, name) for name in rule.slots}
+        fields.update({name: getattr(state, name) for name in rule.scalars})
+        return fields
+
+    def ema_step(deltas, state, params, treedef):
+        """Keras's `_update_model_variables_moving_average` and the EMA overwrite."""
+        layout = state.ema.layout
+        p_leaves = treedef.flatten_up_to(params)
+        old_ema = state.ema.to_leaves()
+        new_p = [
+            p if d is None else apply_updates(p, d)
+            for p, d in zip(p_leaves, deltas)
+        ]
+        # Keras reads `iterations` (real updates before this call): momentum 0 at first.
+        first = state.count == 0
+        new_ema = []
+        for e, p in zip(old_ema, new_p):
+            m = jnp.where(first, 0.0, ema_momentum).astype(e.dtype)
+            new_ema.append(m * e + (1 - m) * jnp.asarray(p).astype(e.dtype))
+        deltas = list(deltas)
+        if ema_overwrite_frequency:
+            overwrite = (state.count + 1) % ema_overwrite_frequency == 0
+            for i, (p, e) in enumerate(zip(p_leaves, new_ema)):
+                p = jnp.asarray(p)
+                d = deltas[i]
+                dt = p.dtype if d is None else d.dtype
+                wide = jnp.promote_types(p.dtype, e.dtype)
+                to_ema = (e.astype(wide) - p.astype(wide)).astype(dt)
+                deltas[i] = jnp.where(overwrite, to_ema,
+                                      jnp.zeros_like(to_ema) if d is None else d)
+        return deltas, Packed.from_leaves(layout, new_ema)
+
+    def core_step(g_all, state, params, rate):
+        """Clip, run the rule, decay: `(deltas, new rule slots and scalars)`."""
+        if rule.slots:
+            layout = getattr(state, rule.slots[0]).layout
+            treedef = layout.treedef
+        else:
+            layout = None
+            treedef = (state.ema.layout.treedef if use_ema else state.accum.layout.treedef
+                       ) if need_aux else jax.tree.structure(
+                           params if params is not None else g_all)
+        present = [i for i, g in enumerate(g_all) if g is not None]
         clipped = clip_leaves([g_all[i] for i in present], clipnorm, clipvalue, global_clipnorm)
         grads: list[Any] = [None] * len(g_all)
         for i, g in zip(present, clipped):
             grads[i] = g
 
-        rate = lr.value(state)
         t = state.count + 1
         deltas: list[Any] = [None] * len(g_all)
         new_slots = {}
@@ -241,9 +375,11 @@ def elementwise_transform(
         for i in present:
             deltas[i] = deltas[i].astype(g_all[i].dtype)
 
-        new_state = state._replace(
-            count=t, learning_rate=lr.next(state, t), **scalars, **new_slots
-        )
-        return treedef.unflatten(deltas), new_state
+        core = _core_fields(state)
+        for name, x in scalars.items():
+            core[name] = x.astype(core[name].dtype)
+        for name, x in new_slots.items():   # keep the state's dtypes (lax.cond needs them)
+            core[name] = jax.tree.map(lambda a, b: a.astype(b.dtype), x, core[name])
+        return deltas, core
 
     return Transform(init_fn, update_fn)

@@ -20,6 +20,9 @@ class FtrlState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     accumulator: Packed          # sum of g^2 (from initial_accumulator_value), like params
     linear: Packed               # the linear term z, like params
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
     # get_weights lists each variable's accumulator and linear together, as tf.keras did.
     weights_by_variable = True
@@ -40,6 +43,11 @@ def ftrl(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""FTRL-Proximal with Keras 3's formula; the new param is solved from the state.
 
@@ -68,7 +76,8 @@ def ftrl(
         params, added to the gradient. Default 0.0.
       beta: the :math:`\beta` of the paper's per-coordinate rate. Default 0.0.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
-      bucket_threshold: as in `kopt.functional.sgd`.
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -114,4 +123,7 @@ def ftrl(
         rule, FtrlState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

@@ -43,11 +43,11 @@ class _Rate:
             return jnp.asarray(self.constant, jnp.float32)
         return jnp.asarray(self.schedule(jnp.zeros((), jnp.int32)), jnp.float32)
 
-    def value(self, state):
-        """The rate for the update at `state.count`."""
+    def value(self, state, step=None):
+        """The rate for the update at `step` (default `state.count`)."""
         if self.schedule is None:
             return state.learning_rate
-        return jnp.asarray(self.schedule(state.count), jnp.float32)
+        return jnp.asarray(self.schedule(state.count if step is None else step), jnp.float32)
 
     def next(self, state, new_count):
         """What to store in the state's `learning_rate` field after an update."""

@@ -19,6 +19,9 @@ class LionState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed             # the momentum m, like params
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def lion(
@@ -32,6 +35,11 @@ def lion(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""Lion (EvoLved Sign Momentum), as Keras 3 computes it.
 
@@ -47,7 +55,8 @@ def lion(
       beta_1: interpolation weight for the update direction, in (0, 1]. Default 0.9.
       beta_2: decay of the momentum. Default 0.99.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
-      bucket_threshold: as in `kopt.functional.sgd`.
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -79,4 +88,7 @@ def lion(
         Rule(slots=("momentum",), step=step), LionState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

@@ -23,6 +23,9 @@ class NadamState(NamedTuple):
     momentum_cache: jax.Array    # shape=(), float32: prod of mu_1..mu_count (Keras's u_product)
     m: Packed                    # first moment, like params (Keras 3: "momentum")
     v: Packed                    # second moment, like params (Keras 3: "velocity")
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def nadam(
@@ -37,6 +40,11 @@ def nadam(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""Nadam (Adam with Nesterov momentum) with Keras 3's momentum schedule.
 
@@ -60,7 +68,8 @@ def nadam(
       beta_2: decay of the second moment. Default 0.999.
       epsilon: added to the bias-corrected root. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
-      bucket_threshold: as in `kopt.functional.sgd`.
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -98,4 +107,7 @@ def nadam(
         rule, NadamState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

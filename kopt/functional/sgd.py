@@ -18,6 +18,9 @@ class SGDState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def sgd(
@@ -31,6 +34,11 @@ def sgd(
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
     bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> Transform:
     r"""Stochastic gradient descent, with Keras 3's momentum formulation.
 
@@ -53,6 +61,19 @@ def sgd(
       bucket_threshold: leaves with at most this many elements share flat state buffers;
         0 turns bucketing off. Default None: automatic, on for GPU/TPU and off for CPU
         (see `kopt.functional.buckets`).
+      loss_scale_factor: gradients are divided by it before anything else (the loss was
+        multiplied by it; see the stateful `scale_loss`). Default None.
+      use_ema: keep `ema`, Keras's moving average of the params after each step,
+        `ema = m * ema + (1 - m) * param` with `m = 0` on the first update and
+        `ema_momentum` after. Needs `params`. Default False.
+      ema_momentum: float in [0, 1]. Default 0.99.
+      ema_overwrite_frequency: int >= 1 or None: every that many updates the returned
+        updates move the params onto the EMA. Default None.
+      gradient_accumulation_steps: int >= 2 or None. Sum the gradients of that many
+        calls; every that-many-th call applies the step to their mean (clip, rule and
+        weight decay run only then) and resets the sum; other calls return zero updates
+        and leave the state but `accum`/`micro_step` unchanged. `count` counts real
+        updates; schedules read the raw call count `micro_step`, as Keras 3. Default None.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -79,4 +100,7 @@ def sgd(
         rule, SGDState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )

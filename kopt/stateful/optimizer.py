@@ -63,6 +63,8 @@ class Optimizer:
 
     def __init__(self, learning_rate, hyper: dict[str, Any] | None = None,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
+                 loss_scale_factor=None, gradient_accumulation_steps=None,
                  name=None, bucket_threshold=DEFAULT_BUCKET_THRESHOLD, **kwargs):
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.",
@@ -76,6 +78,11 @@ class Optimizer:
         self.clipnorm = clipnorm
         self.clipvalue = clipvalue
         self.global_clipnorm = global_clipnorm
+        self.use_ema = use_ema
+        self.ema_momentum = ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self.loss_scale_factor = loss_scale_factor
+        self.gradient_accumulation_steps = gradient_accumulation_steps
         self.bucket_threshold = bucket_threshold
         self._learning_rate = learning_rate
         self._exclude_ids: set[int] = set()
@@ -101,7 +108,45 @@ class Optimizer:
 
     def _common_kwargs(self):
         return dict(weight_decay=self.weight_decay, clipnorm=self.clipnorm,
-                    clipvalue=self.clipvalue, global_clipnorm=self.global_clipnorm)
+                    clipvalue=self.clipvalue, global_clipnorm=self.global_clipnorm,
+                    use_ema=self.use_ema, ema_momentum=self.ema_momentum,
+                    ema_overwrite_frequency=self.ema_overwrite_frequency,
+                    loss_scale_factor=self.loss_scale_factor,
+                    gradient_accumulation_steps=self.gradient_accumulation_steps)
+
+    def scale_loss(self, loss):
+        """`loss * loss_scale_factor`, or `loss` when the factor is None (as Keras).
+
+        Gradients of the scaled loss are divided by the factor again before the update.
+        """
+        if self.loss_scale_factor is not None:
+            return loss * self.loss_scale_factor
+        return loss
+
+    def finalize_variable_values(self, var_list) -> None:
+        """With `use_ema`, assign each variable its moving average (Keras's end of `fit`).
+
+        `var_list` holds variables this optimizer was built with. Without `use_ema` this
+        does nothing.
+        """
+        if not self.use_ema or not self.built:
+            return
+        var_list = list(var_list)
+        idx = []
+        for v in var_list:
+            i = self._index.get(id(v))
+            if i is None or self._vars[i] is not v:
+                raise ValueError(
+                    f"finalize_variable_values: variable {getattr(v, 'name', v)!r} is not "
+                    f"among the variables optimizer {self.name!r} was built with.")
+            idx.append(i)
+        for v, i in zip(var_list, idx):
+            v.assign(self._state.ema.leaf(i))
+
+    def _schedule_step(self):
+        """The step schedules read: raw calls under gradient accumulation, as Keras."""
+        micro = getattr(self._state, "micro_step", None)
+        return self._state.count if micro is None else micro
 
     @property
     def transform(self):
@@ -342,7 +387,7 @@ class Optimizer:
             self._transform = transform
             if self.built:
                 self._state = self._state._replace(
-                    learning_rate=jnp.asarray(value(self._state.count), jnp.float32))
+                    learning_rate=jnp.asarray(value(self._schedule_step()), jnp.float32))
                 self._compile()
             return
         if callable(old):
@@ -412,6 +457,12 @@ class Optimizer:
         slots follow slot by slot, in the state's field order (e.g. Adam: m, v, vhat;
         RMSprop: rms, momentum, mg), except where the state class says
         `weights_by_variable` (Ftrl: accumulator and linear alternate per variable).
+
+        The cross-cutting options add state of their own, after the optimizer's:
+        with `gradient_accumulation_steps`, the raw call count `micro_step` is the last
+        scalar (after the iteration count and any optimizer scalar), and the gradient
+        accumulator `accum` is the last per-variable slot; with `use_ema`, the moving
+        average `ema` is a per-variable slot after the optimizer's slots (before `accum`).
         """
         if not self.built:
             return []
@@ -476,7 +527,8 @@ class Optimizer:
         self._iterations = jnp.copy(self._state.count)
         if callable(self._learning_rate):
             self._state = self._state._replace(
-                learning_rate=jnp.asarray(self._learning_rate(self._state.count), jnp.float32))
+                learning_rate=jnp.asarray(self._learning_rate(self._schedule_step()),
+                                          jnp.float32))
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
