@@ -52,6 +52,30 @@ def _check_grads(grads, values, names):
             )
 
 
+def _is_variable(v) -> bool:
+    """A kopt.Variable, or any variable-like object (keras.Variable, ...) with `value`,
+    `assign`, `shape` and `dtype`."""
+    if isinstance(v, Variable):
+        return True
+    return all(hasattr(v, a) for a in ("value", "assign", "shape", "dtype"))
+
+
+def _read(v):
+    return v._value if type(v) is Variable else jnp.asarray(v.value)
+
+
+def _write(v, value):
+    if type(v) is Variable:
+        v._value = value
+    else:   # keras.Variable and friends: their own assign (no copy needed: we own `value`)
+        v.assign(value)
+
+
+def _var_name(v) -> str:
+    name = getattr(v, "path", None) or getattr(v, "name", None)
+    return str(name) if name is not None else repr(v)
+
+
 class Optimizer:
     """Base class of kopt's stateful optimizers.
 
@@ -90,8 +114,31 @@ class Optimizer:
         self._vars: tuple[Variable, ...] | None = None
         self._index: dict[int, int] = {}
         self._state = None
+        self._mask = None   # the weight-decay mask, fixed at build
         self._minimize_cache: dict[Any, Any] = {}
         self._transform = self._make_transform()   # validates every argument now
+
+    # ----------------------------------------------------------------- pickling
+    def __getstate__(self):
+        """Pickle the configuration, the variables and the state; not the compiled step."""
+        d = {k: v for k, v in self.__dict__.items()
+             if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids")}
+        if self._state is not None:
+            d["_state"] = jax.device_get(self._state)
+            d["_iterations"] = None
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._exclude_ids = set()
+        self._minimize_cache = {}
+        self._transform = self._make_transform(self._mask)
+        self._index = {}
+        if self._vars is not None:
+            self._index = {id(v): i for i, v in enumerate(self._vars)}
+            self._state = jax.tree.map(jnp.asarray, self._state)
+            self._iterations = jnp.copy(self._state.count)
+            self._compile()
 
     def __getattr__(self, key):
         hyper = self.__dict__.get("_hyper", {})
@@ -137,16 +184,25 @@ class Optimizer:
             i = self._index.get(id(v))
             if i is None or self._vars[i] is not v:
                 raise ValueError(
-                    f"finalize_variable_values: variable {getattr(v, 'name', v)!r} is not "
+                    f"finalize_variable_values: variable {_var_name(v)!r} is not "
                     f"among the variables optimizer {self.name!r} was built with.")
             idx.append(i)
         for v, i in zip(var_list, idx):
-            v.assign(self._state.ema.leaf(i))
+            v.assign(self._slot_leaf(self._state.ema, i))
 
     def _schedule_step(self):
         """The step schedules read: raw calls under gradient accumulation, as Keras."""
         micro = getattr(self._state, "micro_step", None)
         return self._state.count if micro is None else micro
+
+    @classmethod
+    def from_transform(cls, tx, name=None):
+        """Wrap any `(init, update)` transform, kopt's or optax's, in the stateful facade.
+
+        See `kopt.stateful.transform_optimizer.TransformOptimizer`.
+        """
+        from kopt.stateful.transform_optimizer import TransformOptimizer
+        return TransformOptimizer(tx, name=name)
 
     @property
     def transform(self):
@@ -156,7 +212,7 @@ class Optimizer:
     def _compile(self):
         tx = self._transform
 
-        names = [v.name for v in self._vars]
+        names = [_var_name(v) for v in self._vars]
 
         def step(values, state, grads):
             _check_grads(grads, values, names)
@@ -174,13 +230,18 @@ class Optimizer:
         return self._vars is not None
 
     def build(self, variables) -> None:
-        """Create the optimizer state for `variables` (a list of `kopt.Variable`)."""
+        """Create the optimizer state for `variables`.
+
+        Variables are `kopt.Variable`s, or any variable-like object with `value`,
+        `assign(x)`, `shape` and `dtype`, such as `keras.Variable` on the JAX backend
+        (updated through its own `assign`).
+        """
         variables = list(variables)
         for i, v in enumerate(variables):
-            if not isinstance(v, Variable):
+            if not _is_variable(v):
                 raise TypeError(
-                    f"build() expects kopt.Variable objects; entry {i} is {type(v).__name__}. "
-                    "Wrap arrays with kopt.Variable(array)."
+                    f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
+                    f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
                 )
         if not variables:
             raise ValueError("build() received no variables.")
@@ -195,8 +256,9 @@ class Optimizer:
             )
         self._vars = tuple(variables)
         self._index = {id(v): i for i, v in enumerate(variables)}
-        self._transform = self._make_transform(self._decay_mask())
-        self._state = self._transform.init(tuple(v.value for v in variables))
+        self._mask = self._decay_mask()
+        self._transform = self._make_transform(self._mask)
+        self._state = self._transform.init(tuple(_read(v) for v in variables))
         self._iterations = jnp.copy(self._state.count)
         self._compile()
 
@@ -205,7 +267,7 @@ class Optimizer:
             return None
         return tuple(
             not (id(v) in self._exclude_ids
-                 or any(re.search(n, v.name) for n in self._exclude_names))
+                 or any(re.search(n, _var_name(v)) for n in self._exclude_names))
             for v in self._vars
         )
 
@@ -263,9 +325,9 @@ class Optimizer:
             self.build(variables)
         full = self._full_grads(grads, variables)
         new_values, self._state, self._iterations = self._step(
-            tuple(v._value for v in self._vars), self._state, full)
+            tuple(_read(v) for v in self._vars), self._state, full)
         for v, value in zip(self._vars, new_values):
-            v._value = value
+            _write(v, value)
         return self._iterations
 
     def _full_grads(self, grads, variables):
@@ -283,13 +345,13 @@ class Optimizer:
                 i = self._index.get(id(v))
                 if i is None or built[i] is not v:
                     raise ValueError(
-                        f"Variable {getattr(v, 'name', v)!r} is not among the "
+                        f"Variable {_var_name(v)!r} is not among the "
                         f"{len(built)} variables optimizer {self.name!r} was built with. "
                         "Create a new optimizer for a new set of variables."
                     )
                 if full[i] is not None:
                     raise ValueError(
-                        f"Variable {v.name!r} appears more than once in grads_and_vars; "
+                        f"Variable {_var_name(v)!r} appears more than once in grads_and_vars; "
                         "sum its gradients and pass it once."
                     )
                 full[i] = g
@@ -324,9 +386,9 @@ class Optimizer:
 
             fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
         loss, new_values, self._state, self._iterations = fn(
-            tuple(v._value for v in self._vars), self._state, *args)
+            tuple(_read(v) for v in self._vars), self._state, *args)
         for v, value in zip(self._vars, new_values):
-            v._value = value
+            _write(v, value)
         return loss
 
     def stateless_apply(self, state, grads, values):
@@ -380,7 +442,7 @@ class Optimizer:
         if callable(value):
             self._learning_rate = value
             try:
-                transform = self._make_transform(self._decay_mask())
+                transform = self._make_transform(self._mask)
             except Exception:
                 self._learning_rate = old
                 raise
@@ -412,15 +474,30 @@ class Optimizer:
         """The state's fields that `get_weights` lists: `(scalars, slots)`.
 
         `scalars` are 0-d fields shared by all variables (Nadam's `momentum_cache`);
-        `slots` are the per-variable `Packed` fields. Both in field order; fields that are
-        None (a disabled option) are left out.
+        `slots` are the per-variable fields: a `Packed`, or a tuple with one array per
+        variable (Adafactor's factored rows, whose shapes differ from the variable's).
+        Both in field order; fields that are None (a disabled option) are left out.
         """
         scalars, slots = [], []
+        n = len(self._vars)
         for f in self._state._fields[2:]:
             x = getattr(self._state, f)
-            if x is not None:
-                (slots if isinstance(x, Packed) else scalars).append(f)
+            if x is None:
+                continue
+            if isinstance(x, Packed) or (isinstance(x, tuple) and len(x) == n
+                                         and all(hasattr(a, "shape") for a in x)):
+                slots.append(f)
+            elif getattr(x, "shape", None) == ():
+                scalars.append(f)
+            else:
+                raise TypeError(
+                    f"{type(self).__name__}: state field {f!r} is neither a 0-d scalar nor "
+                    "per-variable; it cannot be listed by get_weights.")
         return scalars, slots
+
+    @staticmethod
+    def _slot_leaf(field, j):
+        return field.leaf(j) if isinstance(field, Packed) else field[j]
 
     def _slot_entries(self, slots):
         """`(slot, variable index)` for each per-variable entry, in `get_weights` order.
@@ -441,7 +518,7 @@ class Optimizer:
         scalars, slots = self._weight_fields()
         out = [jnp.copy(self._state.count)]
         out.extend(jnp.copy(getattr(self._state, name)) for name in scalars)
-        out.extend(jnp.copy(getattr(self._state, name).leaf(j))
+        out.extend(jnp.copy(self._slot_leaf(getattr(self._state, name), j))
                    for name, j in self._slot_entries(slots))
         return out
 
@@ -513,16 +590,21 @@ class Optimizer:
         leaves = {name: [None] * n for name in names}
         for k, (name, j) in enumerate(entries, start=1 + len(scalars)):
             v = self._vars[j]
+            like = self._slot_leaf(getattr(self._state, name), j)
             w = np.asarray(weights[k])
-            if w.shape != v.shape:
+            if w.shape != like.shape:
                 raise ValueError(
-                    f"set_weights: entry {k} ({name} of variable {v.name!r}) has shape "
-                    f"{w.shape}, expected {v.shape}."
+                    f"set_weights: entry {k} ({name} of variable {_var_name(v)!r}) has shape "
+                    f"{w.shape}, expected {like.shape}."
                 )
-            real(w, k, f"{name} of variable {v.name!r}")
+            real(w, k, f"{name} of variable {_var_name(v)!r}")
             leaves[name][j] = w
         for name in names:
-            new[name] = Packed.from_leaves(getattr(self._state, name).layout, leaves[name])
+            field = getattr(self._state, name)
+            if isinstance(field, Packed):
+                new[name] = Packed.from_leaves(field.layout, leaves[name])
+            else:
+                new[name] = tuple(jnp.asarray(w, a.dtype) for w, a in zip(leaves[name], field))
         self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
         self._iterations = jnp.copy(self._state.count)
         if callable(self._learning_rate):
