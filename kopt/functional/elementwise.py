@@ -38,6 +38,13 @@ Two optional parts of a `Rule` cover the rules that are not purely per-parameter
 - `needs_params`: `step` also receives the param (Ftrl assigns the variable from its
   state). It sees the param after weight decay, as Keras's `update_step` sees the
   variable after `_apply_weight_decay`, and returns `new_param - param` as its delta.
+
+Rules that need a whole tensor at a time (norms, factored moments, orthogonalisation:
+Adafactor, Lamb, LARS, Muon) set `per_leaf=True`: nothing is bucketed, so `step` always
+sees one param's gradient with its true shape. Such a rule may give `init`, which makes
+each slot's initial array from the param (any shape: Adafactor's factored rows), and
+`leaf_info=True`, which passes `leaf=i, layout=layout` to `step` so that a rule can treat
+leaves differently by index, shape or tree path (Muon's AdamW branch).
 """
 
 from __future__ import annotations
@@ -77,6 +84,14 @@ class Rule(NamedTuple):
 
     With `needs_params`, the call is `step(g, slots, lr, t, param)`: `param` has the
     layout of `g` (flat for a bucket) and has had weight decay applied.
+
+    `advance(scalars, t, lr)` also receives the learning rate of this update (float32).
+
+    With `per_leaf`, no leaf is bucketed. `init(name, param, i) -> array` then makes the
+    initial array of slot `name` for param leaf `i` (its shape is the rule's choice);
+    without it each slot is `fill`, shaped like the param. With `leaf_info`, `step` also
+    receives the keywords `leaf` (the flat leaf index) and `layout` (the state `Layout`,
+    whose `treedef` and `shapes` describe the whole param tree).
     """
 
     slots: tuple[str, ...]
@@ -85,6 +100,9 @@ class Rule(NamedTuple):
     scalars: dict[str, float] = {}   # scalar state field -> initial value (float32)
     advance: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None
     needs_params: bool = False
+    per_leaf: bool = False
+    init: Callable[[str, jax.Array, int], jax.Array] | None = None
+    leaf_info: bool = False
 
 
 def _check_threshold(bucket_threshold):
@@ -138,8 +156,14 @@ def elementwise_transform(
     def init_fn(params):
         slots = {}
         if rule.slots or need_aux:
-            layout = plan(params, bucket_threshold)
-        if rule.slots:
+            layout = plan(params, 0 if rule.per_leaf else bucket_threshold)
+        if rule.slots and rule.init is not None:
+            p_leaves = layout.treedef.flatten_up_to(params)
+            for name in rule.slots:
+                slots[name] = Packed(
+                    [], [jnp.asarray(rule.init(name, jnp.asarray(p), i))
+                         for i, p in enumerate(p_leaves)], layout)
+        elif rule.slots:
             for name in rule.slots:
                 slots[name] = Packed.full(layout, rule.fill.get(name, 0.0), like=params)
         scalars = {name: jnp.asarray(v, jnp.float32) for name, v in rule.scalars.items()}
@@ -283,7 +307,7 @@ def elementwise_transform(
             old_scalars = {name: getattr(state, name) for name in rule.scalars}
             scalars = {
                 name: jnp.asarray(x, jnp.float32)
-                for name, x in rule.advance(old_scalars, t).items()
+                for name, x in rule.advance(old_scalars, t, rate.astype(jnp.float32)).items()
             }
 
         # The params as the rule sees them: after decoupled weight decay (Keras's order).
@@ -297,18 +321,20 @@ def elementwise_transform(
                     p = p - p * (weight_decay * rate.astype(p.dtype))
                 seen[i] = p
 
-        def run_step(g, slots, dtype, param=None):
+        def run_step(g, slots, dtype, param=None, leaf=None):
             slots = {**slots, **{n: x.astype(dtype) for n, x in scalars.items()}}
             args = (g, slots, rate.astype(dtype), t.astype(dtype))
             if rule.needs_params:
                 args += (param,)
+            if rule.leaf_info:
+                return rule.step(*args, leaf=leaf, layout=layout)
             return rule.step(*args)
 
         if layout is None:
             for i in present:
                 g = grads[i]
                 param = seen[i].astype(g.dtype) if rule.needs_params else None
-                d, _ = run_step(g, {}, g.dtype, param)
+                d, _ = run_step(g, {}, g.dtype, param, leaf=i)
                 deltas[i] = d
         else:
             old = {name: getattr(state, name) for name in rule.slots}
@@ -357,7 +383,8 @@ def elementwise_transform(
                 dtype = layout.dtypes[i]
                 param = seen[i].astype(dtype) if rule.needs_params else None
                 d, s = run_step(
-                    grads[i].astype(dtype), {n: old[n].leaves[i] for n in rule.slots}, dtype, param
+                    grads[i].astype(dtype), {n: old[n].leaves[i] for n in rule.slots}, dtype,
+                    param, leaf=i,
                 )
                 deltas[i] = d
                 for n in rule.slots:

@@ -87,7 +87,8 @@ def nadam(
     check_unit_interval("beta_2", beta_2)
     check_nonnegative("epsilon", epsilon)
 
-    def advance(scalars, t):
+    def advance(scalars, t, lr):
+        del lr
         # Keras's `_backend_update_step`: once per update, before the per-variable steps.
         schedule = 1.0 - 0.5 * _DECAY ** t.astype(jnp.float32)
         return {"momentum_cache": scalars["momentum_cache"] * beta_1 * schedule}
