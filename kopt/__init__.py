@@ -4,14 +4,18 @@ from kopt import functional, optimizers, schedules
 from kopt.stateful import (
     SGD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
     AdamW,
     Ftrl,
+    Lamb,
     Lion,
+    MultiOptimizer,
     Nadam,
     Optimizer,
+    OptimizerMap,
     RMSprop,
     Variable,
 )
@@ -34,4 +38,8 @@ __all__ = [
     "Nadam",
     "Ftrl",
     "Lion",
+    "Adafactor",
+    "Lamb",
+    "MultiOptimizer",
+    "OptimizerMap",
 ]

@@ -1,6 +1,7 @@
 """kopt.functional: pure `init`/`update` optimizer transforms (optax-compatible)."""
 
 from kopt.functional.adadelta import AdadeltaState, adadelta
+from kopt.functional.adafactor import AdafactorState, adafactor
 from kopt.functional.adagrad import AdagradState, adagrad
 from kopt.functional.adam import AdamState, adam
 from kopt.functional.adamax import AdamaxState, adamax
@@ -24,8 +25,18 @@ from kopt.functional.cross_cutting import (
 )
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.ftrl import FtrlState, ftrl
+from kopt.functional.lamb import LambState, lamb
 from kopt.functional.lion import LionState, lion
 from kopt.functional.nadam import NadamState, nadam
+from kopt.functional.partition import (
+    MaskedNode,
+    PartitionState,
+    frozen,
+    multi_transform,
+    partition,
+    path_labels,
+    set_to_zero,
+)
 from kopt.functional.rmsprop import RMSpropState, rmsprop
 from kopt.functional.sgd import SGDState, sgd
 from kopt.functional.weight_decay import add_decayed_weights
@@ -69,4 +80,15 @@ __all__ = [
     "FtrlState",
     "lion",
     "LionState",
+    "adafactor",
+    "AdafactorState",
+    "lamb",
+    "LambState",
+    "partition",
+    "multi_transform",
+    "PartitionState",
+    "MaskedNode",
+    "path_labels",
+    "frozen",
+    "set_to_zero",
 ]

@@ -124,14 +124,24 @@ def current_learning_rate(state: PyTree) -> jax.Array:
 
 
 def _replace_field(state, field, value):
+    """Replace the first `field` that `_find_field` would find; `(new_state, done)`."""
     if hasattr(state, "_fields") and field in state._fields:
         return state._replace(**{field: value}), True
-    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+    if isinstance(state, dict):
+        out, done = {}, False
+        for k, s in state.items():
+            if not done:
+                s, done = _replace_field(s, field, value)
+            out[k] = s
+        return type(state)(out), done
+    if isinstance(state, (tuple, list)):
         out, done = [], False
         for s in state:
             if not done:
                 s, done = _replace_field(s, field, value)
             out.append(s)
+        if hasattr(state, "_fields"):
+            return type(state)(*out), done
         return type(state)(out), done
     return state, False
 
@@ -152,7 +162,9 @@ def set_learning_rate(state: PyTree, learning_rate) -> PyTree:
     found = _find_field(state, "learning_rate")
     if found is None:
         raise ValueError("set_learning_rate: no `learning_rate` field found in the state.")
-    new, _ = _replace_field(
+    new, done = _replace_field(
         state, "learning_rate", jnp.asarray(learning_rate, found.learning_rate.dtype)
     )
+    if not done:   # pragma: no cover - _find_field and _replace_field walk the same way
+        raise ValueError("set_learning_rate: could not replace the `learning_rate` field.")
     return new

@@ -1,12 +1,15 @@
 """kopt.stateful: the Keras-style facade (also importable as `kopt.optimizers`)."""
 
 from kopt.stateful.adadelta import Adadelta
+from kopt.stateful.adafactor import Adafactor
 from kopt.stateful.adagrad import Adagrad
 from kopt.stateful.adam import Adam
 from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
 from kopt.stateful.ftrl import Ftrl
+from kopt.stateful.lamb import Lamb
 from kopt.stateful.lion import Lion
+from kopt.stateful.multi_optimizer import MultiOptimizer, OptimizerMap
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.registry import deserialize, get, serialize
@@ -30,4 +33,8 @@ __all__ = [
     "get",
     "serialize",
     "deserialize",
+    "Adafactor",
+    "Lamb",
+    "MultiOptimizer",
+    "OptimizerMap",
 ]

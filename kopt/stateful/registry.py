@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from kopt.stateful.adadelta import Adadelta
+from kopt.stateful.adafactor import Adafactor
 from kopt.stateful.adagrad import Adagrad
 from kopt.stateful.adam import Adam
 from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
 from kopt.stateful.ftrl import Ftrl
+from kopt.stateful.lamb import Lamb
 from kopt.stateful.lion import Lion
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
@@ -20,7 +22,7 @@ __all__ = ["get", "serialize", "deserialize", "ALL_OPTIMIZERS"]
 
 ALL_OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__.lower(): cls for cls in (
-        SGD, RMSprop, Adam, AdamW, Adadelta, Adagrad, Adamax, Nadam, Ftrl, Lion,
+        SGD, RMSprop, Adam, AdamW, Adadelta, Adagrad, Adamax, Nadam, Ftrl, Lion, Adafactor, Lamb,
     )
 }
 
@@ -53,7 +55,15 @@ def deserialize(config: dict[str, Any]) -> Optimizer:
     inner = config.get("config", {})
     if not isinstance(inner, dict):
         raise ValueError(f"The optimizer config's 'config' must be a dict. Received: {inner!r}")
-    return _lookup(str(config["class_name"])).from_config(inner)
+    key = str(config["class_name"]).lower().replace("_", "")
+    cls = _config_only().get(key) or _lookup(str(config["class_name"]))
+    return cls.from_config(inner)
+
+
+def _config_only() -> dict[str, type[Optimizer]]:
+    """Wrappers that `deserialize` rebuilds but `get('name')` cannot (they need arguments)."""
+    from kopt.stateful.multi_optimizer import MultiOptimizer
+    return {"multioptimizer": MultiOptimizer}
 
 
 def get(identifier) -> Optimizer:

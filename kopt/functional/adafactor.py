@@ -1,0 +1,160 @@
+"""Adafactor, as `keras.optimizers.Adafactor` (factored second moments, relative step)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kopt.functional.base import Transform
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.validation import check_nonnegative, check_positive
+
+__all__ = ["adafactor", "AdafactorState"]
+
+
+class AdafactorState(NamedTuple):
+    count: jax.Array             # shape=(), int32: updates applied
+    learning_rate: jax.Array     # shape=(), float32: rate of the next update
+    r: Packed                    # row moments, param.shape[:-1]; a 0-d zero for rank < 2
+    c: Packed                    # column moments, param.shape[:-2] + param.shape[-1:]; 0-d for rank < 2
+    v: Packed                    # second moment, like params (rebuilt from r and c where factored)
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def _init_slot(name, param, i):
+    """`r` and `c` drop the last and the second-to-last axis; rank < 2 gets a 0-d zero."""
+    del i
+    dtype = state_dtype_for(param.dtype)
+    shape = param.shape
+    if name == "v":
+        return jnp.zeros_like(param, dtype=dtype)
+    if len(shape) < 2:
+        return jnp.zeros((), dtype)
+    return jnp.zeros(shape[:-1] if name == "r" else shape[:-2] + shape[-1:], dtype)
+
+
+def adafactor(
+    learning_rate=0.001,
+    beta_2_decay: float = -0.8,
+    epsilon_1: float = 1e-30,
+    epsilon_2: float = 1e-3,
+    clip_threshold: float = 1.0,
+    relative_step: bool = True,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask=None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> Transform:
+    r"""Adafactor as Keras 3 computes it: no first moment, factored second moments.
+
+    With step :math:`t = \text{count} + 1`, :math:`\operatorname{RMS}(x) = \sqrt{\operatorname{mean}(x^2)}`
+    over the whole tensor, :math:`\theta` the param (after weight decay) and
+    :math:`G = g^2 + \epsilon_1`:
+
+    .. math::
+        \rho_t &= \min(\eta, 1/\sqrt{t}), \qquad
+        \alpha_t = \max(\epsilon_2, \operatorname{RMS}(\theta))\, \rho_t, \qquad
+        \hat\beta_t = 1 - t^{\,\text{beta\_2\_decay}} \\
+        \text{rank} \ge 2:\quad R &\leftarrow \hat\beta_t R + (1-\hat\beta_t)\operatorname{mean}_{-1} G,
+        \quad C \leftarrow \hat\beta_t C + (1-\hat\beta_t)\operatorname{mean}_{-2} G, \\
+        V &= \frac{R}{\operatorname{mean}_{-1} R}[\dots, :, \text{None}]\; C[\dots, \text{None}, :] \\
+        \text{rank} < 2:\quad V &\leftarrow \hat\beta_t V + (1-\hat\beta_t)\, G \\
+        U &= g / \sqrt{V}, \qquad
+        \theta \leftarrow \theta - \alpha_t\, U / \max(1, \operatorname{RMS}(U) / d)
+
+    with :math:`d` = `clip_threshold`. Tensors of rank >= 2 are factored over their last
+    two axes (`R` has the shape of `param.shape[:-1]`, `C` of
+    `param.shape[:-2] + param.shape[-1:]`); the others keep a full `V` and, as in Keras,
+    a 0-d placeholder for `R` and `C`. Like Keras, the state also holds `V` for factored
+    tensors, although it is rebuilt from `R` and `C` every step.
+
+    `relative_step`: Keras 3 caps the step size at :math:`1/\sqrt{t}` whatever the flag
+    says (it takes the minimum once under `relative_step` with a constant rate, and again
+    unconditionally), so the flag does not change the numbers, here as in Keras; it is
+    kept for the signature and the config.
+
+    The rule reads the params (:math:`\operatorname{RMS}(\theta)`), so `update` needs them.
+    It sees one whole tensor at a time, so `bucket_threshold` is accepted and ignored.
+
+    Args:
+      learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
+      beta_2_decay: exponent of the second-moment decay :math:`1 - t^{d}`, <= 0.
+        Default -0.8.
+      epsilon_1: added to :math:`g^2`, >= 0. Default 1e-30.
+      epsilon_2: lower bound on :math:`\operatorname{RMS}(\theta)` in the step size, >= 0.
+        Default 1e-3.
+      clip_threshold: update clipping threshold :math:`d`, > 0; independent of
+        `clipnorm`, `clipvalue` and `global_clipnorm`. Default 1.0.
+      relative_step: a bool; see above. Default True.
+      weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
+      bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> tx = kopt.functional.adafactor(0.01)
+      >>> params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> state.r.leaf(1).shape, state.c.leaf(1).shape, state.r.leaf(0).shape
+      ((4,), (3,), ())
+      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"]))(params)
+      >>> updates, state = jax.jit(tx.update)(grads, state, params)
+      >>> params = kopt.functional.apply_updates(params, updates)
+
+    Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
+    Cost" (ICML 2018); `keras.optimizers.Adafactor`.
+    """
+    if isinstance(beta_2_decay, bool) or not isinstance(beta_2_decay, (int, float)) or not beta_2_decay <= 0:
+        raise ValueError(
+            "`beta_2_decay` must be a number <= 0 (the second-moment decay is 1 - t**beta_2_decay). "
+            f"Received: beta_2_decay={beta_2_decay!r}"
+        )
+    check_nonnegative("epsilon_1", epsilon_1)
+    check_nonnegative("epsilon_2", epsilon_2)
+    check_positive("clip_threshold", clip_threshold)
+    if not isinstance(relative_step, bool):
+        raise ValueError(f"`relative_step` must be a bool. Received: relative_step={relative_step!r}")
+
+    def step(g, s, lr, t, param):
+        rho = jnp.minimum(lr, 1 / jnp.sqrt(t))
+        alpha = jnp.maximum(epsilon_2, _rms(param)) * rho
+        g2 = jnp.square(g) + epsilon_1
+        beta = 1 - t**beta_2_decay
+        if g.ndim >= 2:
+            r = beta * s["r"] + (1 - beta) * jnp.mean(g2, axis=-1)
+            c = beta * s["c"] + (1 - beta) * jnp.mean(g2, axis=-2)
+            row = r / jnp.mean(r, axis=-1, keepdims=True)
+            v = row[..., :, None] * c[..., None, :]
+        else:
+            r, c = s["r"], s["c"]
+            v = beta * s["v"] + (1 - beta) * g2
+        u = g / jnp.sqrt(v)
+        u = u / jnp.maximum(1, _rms(u) / clip_threshold)
+        return -alpha * u, {"r": r, "c": c, "v": v}
+
+    rule = Rule(slots=("r", "c", "v"), step=step, needs_params=True, per_leaf=True, init=_init_slot)
+    return elementwise_transform(
+        rule, AdafactorState, learning_rate,
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
