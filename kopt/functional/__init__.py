@@ -1,11 +1,14 @@
 """kopt.functional: pure `init`/`update` optimizer transforms (optax-compatible)."""
 
+from kopt.functional.adabelief import AdaBeliefState, adabelief
 from kopt.functional.adadelta import AdadeltaState, adadelta
 from kopt.functional.adafactor import AdafactorState, adafactor
 from kopt.functional.adagrad import AdagradState, adagrad
 from kopt.functional.adam import AdamState, adam
 from kopt.functional.adamax import AdamaxState, adamax
 from kopt.functional.adamw import adamw
+from kopt.functional.adan import AdanState, adan
+from kopt.functional.ademamix import AdEMAMixState, ademamix
 from kopt.functional.base import (
     Transform,
     apply_updates,
@@ -26,6 +29,7 @@ from kopt.functional.cross_cutting import (
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.ftrl import FtrlState, ftrl
 from kopt.functional.lamb import LambState, lamb
+from kopt.functional.lars import LARSState, lars
 from kopt.functional.lion import LionState, lion
 from kopt.functional.nadam import NadamState, nadam
 from kopt.functional.partition import (
@@ -37,6 +41,7 @@ from kopt.functional.partition import (
     path_labels,
     set_to_zero,
 )
+from kopt.functional.radam import RAdamState, radam
 from kopt.functional.rmsprop import RMSpropState, rmsprop
 from kopt.functional.sgd import SGDState, sgd
 from kopt.functional.weight_decay import add_decayed_weights
@@ -91,4 +96,14 @@ __all__ = [
     "path_labels",
     "frozen",
     "set_to_zero",
+    "radam",
+    "RAdamState",
+    "adabelief",
+    "AdaBeliefState",
+    "adan",
+    "AdanState",
+    "ademamix",
+    "AdEMAMixState",
+    "lars",
+    "LARSState",
 ]

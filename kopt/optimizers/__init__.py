@@ -2,13 +2,17 @@
 
 from kopt.optimizers import schedules
 from kopt.stateful import (
+    LARS,
     SGD,
+    AdaBelief,
     Adadelta,
     Adafactor,
     Adagrad,
     Adam,
     Adamax,
     AdamW,
+    Adan,
+    AdEMAMix,
     Ftrl,
     Lamb,
     Lion,
@@ -16,6 +20,7 @@ from kopt.stateful import (
     Nadam,
     Optimizer,
     OptimizerMap,
+    RAdam,
     RMSprop,
     Variable,
     deserialize,
@@ -44,4 +49,9 @@ __all__ = [
     "Lamb",
     "MultiOptimizer",
     "OptimizerMap",
+    "RAdam",
+    "AdaBelief",
+    "Adan",
+    "AdEMAMix",
+    "LARS",
 ]

@@ -1,17 +1,22 @@
 """kopt.stateful: the Keras-style facade (also importable as `kopt.optimizers`)."""
 
+from kopt.stateful.adabelief import AdaBelief
 from kopt.stateful.adadelta import Adadelta
 from kopt.stateful.adafactor import Adafactor
 from kopt.stateful.adagrad import Adagrad
 from kopt.stateful.adam import Adam
 from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
+from kopt.stateful.adan import Adan
+from kopt.stateful.ademamix import AdEMAMix
 from kopt.stateful.ftrl import Ftrl
 from kopt.stateful.lamb import Lamb
+from kopt.stateful.lars import LARS
 from kopt.stateful.lion import Lion
 from kopt.stateful.multi_optimizer import MultiOptimizer, OptimizerMap
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.radam import RAdam
 from kopt.stateful.registry import deserialize, get, serialize
 from kopt.stateful.rmsprop import RMSprop
 from kopt.stateful.sgd import SGD
@@ -37,4 +42,9 @@ __all__ = [
     "Lamb",
     "MultiOptimizer",
     "OptimizerMap",
+    "RAdam",
+    "AdaBelief",
+    "Adan",
+    "AdEMAMix",
+    "LARS",
 ]

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from kopt.stateful.adabelief import AdaBelief
 from kopt.stateful.adadelta import Adadelta
 from kopt.stateful.adafactor import Adafactor
 from kopt.stateful.adagrad import Adagrad
 from kopt.stateful.adam import Adam
 from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
+from kopt.stateful.adan import Adan
+from kopt.stateful.ademamix import AdEMAMix
 from kopt.stateful.ftrl import Ftrl
 from kopt.stateful.lamb import Lamb
+from kopt.stateful.lars import LARS
 from kopt.stateful.lion import Lion
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.radam import RAdam
 from kopt.stateful.rmsprop import RMSprop
 from kopt.stateful.sgd import SGD
 
@@ -23,6 +28,7 @@ __all__ = ["get", "serialize", "deserialize", "ALL_OPTIMIZERS"]
 ALL_OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__.lower(): cls for cls in (
         SGD, RMSprop, Adam, AdamW, Adadelta, Adagrad, Adamax, Nadam, Ftrl, Lion, Adafactor, Lamb,
+        RAdam, AdaBelief, Adan, AdEMAMix, LARS,
     )
 }
 
