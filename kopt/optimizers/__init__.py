@@ -22,6 +22,8 @@ from kopt.stateful import (
     OptimizerMap,
     RAdam,
     RMSprop,
+    TransformOptimizer,
+    TransformState,
     Variable,
     deserialize,
     get,
@@ -54,4 +56,6 @@ __all__ = [
     "Adan",
     "AdEMAMix",
     "LARS",
+    "TransformOptimizer",
+    "TransformState",
 ]

@@ -20,6 +20,7 @@ from kopt.stateful.radam import RAdam
 from kopt.stateful.registry import deserialize, get, serialize
 from kopt.stateful.rmsprop import RMSprop
 from kopt.stateful.sgd import SGD
+from kopt.stateful.transform_optimizer import TransformOptimizer, TransformState
 from kopt.stateful.variable import Variable
 
 __all__ = [
@@ -47,4 +48,6 @@ __all__ = [
     "Adan",
     "AdEMAMix",
     "LARS",
+    "TransformOptimizer",
+    "TransformState",
 ]
