@@ -17,11 +17,13 @@ from kopt.stateful import (
     Lamb,
     Lion,
     MultiOptimizer,
+    Muon,
     Nadam,
     Optimizer,
     OptimizerMap,
     RAdam,
     RMSprop,
+    ScheduleFreeAdamW,
     Variable,
 )
 
@@ -52,4 +54,6 @@ __all__ = [
     "Adan",
     "AdEMAMix",
     "LARS",
+    "Muon",
+    "ScheduleFreeAdamW",
 ]

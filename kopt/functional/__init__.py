@@ -31,6 +31,7 @@ from kopt.functional.ftrl import FtrlState, ftrl
 from kopt.functional.lamb import LambState, lamb
 from kopt.functional.lars import LARSState, lars
 from kopt.functional.lion import LionState, lion
+from kopt.functional.muon import MuonState, muon
 from kopt.functional.nadam import NadamState, nadam
 from kopt.functional.partition import (
     MaskedNode,
@@ -43,6 +44,11 @@ from kopt.functional.partition import (
 )
 from kopt.functional.radam import RAdamState, radam
 from kopt.functional.rmsprop import RMSpropState, rmsprop
+from kopt.functional.schedule_free import (
+    ScheduleFreeAdamWState,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+)
 from kopt.functional.sgd import SGDState, sgd
 from kopt.functional.weight_decay import add_decayed_weights
 
@@ -106,4 +112,9 @@ __all__ = [
     "AdEMAMixState",
     "lars",
     "LARSState",
+    "muon",
+    "MuonState",
+    "schedule_free_adamw",
+    "ScheduleFreeAdamWState",
+    "schedule_free_eval_params",
 ]

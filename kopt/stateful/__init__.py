@@ -14,11 +14,13 @@ from kopt.stateful.lamb import Lamb
 from kopt.stateful.lars import LARS
 from kopt.stateful.lion import Lion
 from kopt.stateful.multi_optimizer import MultiOptimizer, OptimizerMap
+from kopt.stateful.muon import Muon
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.radam import RAdam
 from kopt.stateful.registry import deserialize, get, serialize
 from kopt.stateful.rmsprop import RMSprop
+from kopt.stateful.schedule_free import ScheduleFreeAdamW
 from kopt.stateful.sgd import SGD
 from kopt.stateful.transform_optimizer import TransformOptimizer, TransformState
 from kopt.stateful.variable import Variable
@@ -50,4 +52,6 @@ __all__ = [
     "LARS",
     "TransformOptimizer",
     "TransformState",
+    "Muon",
+    "ScheduleFreeAdamW",
 ]

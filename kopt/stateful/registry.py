@@ -17,10 +17,12 @@ from kopt.stateful.ftrl import Ftrl
 from kopt.stateful.lamb import Lamb
 from kopt.stateful.lars import LARS
 from kopt.stateful.lion import Lion
+from kopt.stateful.muon import Muon
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.radam import RAdam
 from kopt.stateful.rmsprop import RMSprop
+from kopt.stateful.schedule_free import ScheduleFreeAdamW
 from kopt.stateful.sgd import SGD
 
 __all__ = ["get", "serialize", "deserialize", "ALL_OPTIMIZERS"]
@@ -28,7 +30,7 @@ __all__ = ["get", "serialize", "deserialize", "ALL_OPTIMIZERS"]
 ALL_OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__.lower(): cls for cls in (
         SGD, RMSprop, Adam, AdamW, Adadelta, Adagrad, Adamax, Nadam, Ftrl, Lion, Adafactor, Lamb,
-        RAdam, AdaBelief, Adan, AdEMAMix, LARS,
+        RAdam, AdaBelief, Adan, AdEMAMix, LARS, Muon, ScheduleFreeAdamW,
     )
 }
 

@@ -1,0 +1,297 @@
+"""Muon, as `keras.optimizers.Muon`: orthogonalised momentum for matrices, AdamW otherwise."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kopt.functional.adam import adam_rule
+from kopt.functional.base import Transform
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
+from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.validation import check_nonnegative, check_unit_interval
+from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
+
+__all__ = ["muon", "MuonState", "orthogonalize", "use_adamw"]
+
+
+class MuonState(NamedTuple):
+    count: jax.Array             # shape=(), int32: updates applied
+    learning_rate: jax.Array     # shape=(), float32: rate of the next update
+    m: Packed                    # momentum (both branches), like params
+    v: Packed                    # AdamW second moment, like params; shape (0,) on Muon leaves
+    ema: Packed | None = None          # EMA of the params (use_ema), like params
+    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
+    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
+
+
+def use_adamw(path: str, ndim: int, exclude_layers=None, exclude_embeddings: bool = True) -> bool:
+    """Keras's choice of branch: True (AdamW) unless the variable is a matrix that is not
+    an embedding (with `exclude_embeddings`) and matches none of the `exclude_layers`
+    regexes (`re.search` on `path`)."""
+    if ndim != 2:
+        return True
+    if exclude_embeddings and "embedding" in path.lower():
+        return True
+    return any(re.search(pattern, path) for pattern in exclude_layers or ())
+
+
+def orthogonalize(x: jax.Array, steps: int, a: float, b: float, c: float) -> jax.Array:
+    r"""The quintic Newton–Schulz iteration of Muon on a matrix `x`.
+
+    :math:`X_0 = x / (\|x\|_F + 10^{-7})` (transposed first when `x` has more rows than
+    columns), then `steps` times :math:`A = X X^\top`, :math:`X \leftarrow aX + (bA + cA^2)X`.
+    The result approximates :math:`UV^\top` from the SVD :math:`x = USV^\top`.
+    """
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (jnp.linalg.norm(x) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+def _check_exclude_layers(exclude_layers):
+    if exclude_layers is None:
+        return
+    if isinstance(exclude_layers, str) or not isinstance(exclude_layers, (list, tuple)):
+        raise ValueError(
+            "`exclude_layers` must be a list of regex strings (or None). "
+            f"Received: exclude_layers={exclude_layers!r}"
+        )
+    for pattern in exclude_layers:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(
+                f"`exclude_layers` entries must be valid regular expressions. Received: "
+                f"{pattern!r} in exclude_layers={exclude_layers!r} ({e})"
+            ) from e
+
+
+def _check_number(name, value, allow_none=False):
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
+
+
+def muon(
+    learning_rate=0.001,
+    adam_beta_1: float = 0.9,
+    adam_beta_2: float = 0.999,
+    adam_weight_decay: float | None = 0.004,
+    epsilon: float = 1e-7,
+    weight_decay: float | None = 0.004,
+    *,
+    exclude_layers: list[str] | None = None,
+    exclude_embeddings: bool = True,
+    muon_a: float = 3.4445,
+    muon_b: float = -4.7750,
+    muon_c: float = 2.0315,
+    adam_lr_ratio: float = 1,
+    momentum: float = 0.95,
+    ns_steps: int = 5,
+    nesterov: bool = True,
+    rms_rate: float | None = 0.2,
+    adam_mask: Any = None,
+    weight_decay_mask: Any = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> Transform:
+    r"""Muon (MomentUm Orthogonalized by Newton–Schulz), as Keras 3 computes it.
+
+    Each param leaf takes one of two branches, chosen once, at `init`:
+
+    - **AdamW** if it is not 2-D, or (with `exclude_embeddings`) its tree path contains
+      "embedding" (any case), or its path matches a regex of `exclude_layers`
+      (`re.search`), or `adam_mask` marks it. Paths are the keys joined by "/", e.g.
+      `params["dense"]["kernel"]` is `"dense/kernel"`.
+    - **Muon** otherwise.
+
+    With step :math:`t = \text{count} + 1`, learning rate :math:`\eta`, momentum
+    :math:`\mu` and Keras's quintic Newton–Schulz map :math:`\mathrm{NS}` (see
+    `orthogonalize`: `ns_steps` iterations with coefficients `muon_a, muon_b, muon_c`):
+
+    .. math::
+        \textbf{Muon:}\quad m &\leftarrow \mu m + g, \qquad
+        u = g + \mu m \text{ (nesterov) or } m, \\
+        \theta &\leftarrow \theta - \eta\, \mathrm{NS}(u)\, \rho \sqrt{\max(r, c)}
+        \quad\text{for an } r \times c \text{ param } (\rho = \texttt{rms\_rate};
+        \text{ the factor is 1 when it is None}) \\
+        \textbf{AdamW:}\quad m &\leftarrow m + (1-\beta_1)(g - m), \qquad
+        v \leftarrow v + (1-\beta_2)(g^2 - v), \\
+        \theta &\leftarrow \theta - \eta\,\kappa \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
+        \frac{m}{\sqrt v + \epsilon} \qquad (\kappa = \texttt{adam\_lr\_ratio})
+
+    Before the step, decoupled weight decay :math:`\theta \leftarrow \theta - \lambda\eta\theta`
+    with :math:`\lambda` = `weight_decay` on Muon leaves and `adam_weight_decay` on AdamW
+    leaves (note: :math:`\eta`, not :math:`\kappa\eta`), where `weight_decay_mask` allows.
+    Gradients are clipped before all of this, as for every kopt optimizer.
+
+    The state keeps `m` for every leaf and `v` for the AdamW leaves; a Muon leaf's `v` is
+    an empty placeholder of shape (0,), which is how `update` knows its branch.
+
+    Args:
+      learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
+      adam_beta_1: AdamW branch: decay of the first moment. Default 0.9.
+      adam_beta_2: AdamW branch: decay of the second moment. Default 0.999.
+      adam_weight_decay: decoupled weight decay of the AdamW leaves, or None. Default 0.004.
+      epsilon: AdamW branch: Keras's "epsilon hat". Default 1e-7.
+      weight_decay: decoupled weight decay of the Muon leaves, or None. Default 0.004.
+      exclude_layers: list of regexes; leaves whose path matches one take the AdamW
+        branch. Default None.
+      exclude_embeddings: leaves whose path contains "embedding" take the AdamW branch.
+        Default True.
+      muon_a, muon_b, muon_c: Newton–Schulz coefficients. Defaults 3.4445, -4.7750, 2.0315.
+      adam_lr_ratio: the AdamW branch's learning rate is `adam_lr_ratio * learning_rate`.
+        Default 1.
+      momentum: the Muon branch's momentum :math:`\mu`, in [0, 1]. Default 0.95.
+      ns_steps: Newton–Schulz iterations, an int >= 0. Default 5.
+      nesterov: Nesterov-style momentum on the Muon branch. Default True.
+      rms_rate: the Moonlight update scale (Liu et al., 2025), or None for no scaling.
+        Default 0.2.
+      adam_mask: kopt only: a pytree of bools like params, or a callable
+        `params -> pytree of bools`, marking more leaves for the AdamW branch. Default None.
+      weight_decay_mask: pytree of bools or callable `params -> bools`; where False, no
+        weight decay (of either kind). Default None (decay everywhere).
+      clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum, ema_overwrite_frequency,
+      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      bucket_threshold: accepted for uniformity; Muon's state is never bucketed (its
+        steps need whole matrices).
+
+    `update` needs `params` unless both weight decays are None (or 0).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> tx = kopt.functional.muon(1e-3, exclude_layers=["head"])
+      >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)},
+      ...           "head": {"kernel": jnp.ones((3, 2))}}
+      >>> state = tx.init(params)
+      >>> [v.shape for v in jax.tree.leaves(state.v.to_tree())]   # AdamW leaves only
+      [(3,), (0,), (3, 2)]
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, state = jax.jit(tx.update)(grads, state, params)
+
+    Reference: Jordan et al., "Muon: An optimizer for hidden layers in neural networks"
+    (2024, github.com/KellerJordan/Muon); Liu et al., "Muon is Scalable for LLM Training"
+    (2025, arXiv:2502.16982); `keras.optimizers.Muon`.
+    """
+    check_unit_interval("adam_beta_1", adam_beta_1)
+    check_unit_interval("adam_beta_2", adam_beta_2)
+    check_nonnegative("epsilon", epsilon)
+    check_unit_interval("momentum", momentum)
+    validate_weight_decay(weight_decay)
+    if adam_weight_decay is not None and (
+        isinstance(adam_weight_decay, bool) or not isinstance(adam_weight_decay, (int, float))
+        or not adam_weight_decay >= 0
+    ):
+        raise ValueError("`adam_weight_decay` must be a float >= 0 or None. Received: "
+                         f"adam_weight_decay={adam_weight_decay!r}")
+    check_nonnegative("adam_lr_ratio", adam_lr_ratio)
+    for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
+        _check_number(name, value)
+    if rms_rate is not None:
+        check_nonnegative("rms_rate", rms_rate)
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 0:
+        raise ValueError(f"`ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}")
+    _check_exclude_layers(exclude_layers)
+    if not isinstance(exclude_embeddings, bool):
+        raise ValueError("`exclude_embeddings` must be a bool. Received: "
+                         f"exclude_embeddings={exclude_embeddings!r}")
+    if not isinstance(nesterov, bool):
+        raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov!r}")
+
+    adam_step = adam_rule(adam_beta_1, adam_beta_2, epsilon, False).step
+
+    def muon_step(g, m, lr):
+        m = momentum * m + g
+        u = g + momentum * m if nesterov else m
+        scale = 1.0 if rms_rate is None else rms_rate * math.sqrt(max(g.shape))
+        return -(lr * orthogonalize(u, ns_steps, muon_a, muon_b, muon_c)) * scale, m
+
+    @functools.lru_cache(maxsize=8)
+    def engine(adam: tuple[bool, ...], decay: tuple[float | None, ...]) -> Transform:
+        """The transform for one static choice of branch and decay rate per leaf."""
+
+        def init(name, param, i):
+            dtype = state_dtype_for(param.dtype)
+            if name == "v" and not adam[i]:
+                return jnp.zeros((0,), dtype)
+            return jnp.zeros_like(param, dtype=dtype)
+
+        def step(g, s, lr, t, param=None, *, leaf, layout):
+            del layout
+            if adam[leaf]:
+                delta, new = adam_step(g, s, lr * adam_lr_ratio, t)
+            else:
+                delta, m = muon_step(g, s["m"], lr)
+                new = {"m": m, "v": s["v"]}
+            if decay[leaf]:   # Keras decays with the main learning rate on both branches
+                delta = delta - param * (decay[leaf] * lr)
+            return delta, new
+
+        rule = Rule(slots=("m", "v"), step=step, per_leaf=True, init=init, leaf_info=True,
+                    needs_params=any(decay))
+        return elementwise_transform(
+            rule, MuonState, learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+            use_ema=use_ema, ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+        )
+
+    engine((), ())   # validates the learning rate and the cross-cutting options now
+
+    def decay_rates(adam, params, treedef):
+        if not (weight_decay or adam_weight_decay):
+            return (None,) * len(adam)
+        if params is None:
+            raise ValueError(
+                "Muon applies weight decay (weight_decay and adam_weight_decay are 0.004 by "
+                "default), so update() needs `params`: call update(grads, state, params), "
+                "or pass weight_decay=None, adam_weight_decay=None."
+            )
+        use = resolve_mask(weight_decay_mask, params, treedef)
+        return tuple((adam_weight_decay if a else weight_decay) if u else None
+                     for a, u in zip(adam, use))
+
+    def init_fn(params):
+        with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+        marked = (False,) * len(with_paths)
+        if adam_mask is not None:
+            mask = adam_mask(params) if callable(adam_mask) else adam_mask
+            try:
+                marked = tuple(bool(x) for x in treedef.flatten_up_to(mask))
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"adam_mask must have the structure of params ({treedef}). "
+                    f"Received: {mask!r}") from e
+        adam = tuple(
+            marked[i] or use_adamw(jax.tree_util.keystr(path, simple=True, separator="/"),
+                                   jnp.ndim(p), exclude_layers, exclude_embeddings)
+            for i, (path, p) in enumerate(with_paths)
+        )
+        return engine(adam, decay_rates(adam, params, treedef)).init(params)
+
+    def update_fn(updates, state, params=None):
+        layout = state.v.layout
+        adam = tuple(state.v.leaf(i).shape == layout.shapes[i] for i in range(layout.num_leaves))
+        return engine(adam, decay_rates(adam, params, layout.treedef)).update(updates, state, params)
+
+    return Transform(init_fn, update_fn)
