@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative
 
 __all__ = ["adagrad", "AdagradState"]
@@ -19,6 +20,7 @@ class AdagradState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     accumulator: Packed          # sum of g^2 (from initial_accumulator_value), like params
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -40,6 +42,8 @@ def adagrad(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Adagrad with Keras 3's formula: epsilon sits inside the square root.
 
@@ -55,7 +59,8 @@ def adagrad(
       epsilon: added to the accumulator inside the square root. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -77,7 +82,8 @@ def adagrad(
         return -(lr * g) / jnp.sqrt(accumulator + epsilon), {"accumulator": accumulator}
 
     rule = Rule(
-        slots=("accumulator",), step=step, fill={"accumulator": initial_accumulator_value}
+        slots=("accumulator",), step=step, fill={"accumulator": initial_accumulator_value},
+        nonnegative=("accumulator",),
     )
     return elementwise_transform(
         rule, AdagradState, learning_rate,
@@ -86,4 +92,5 @@ def adagrad(
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

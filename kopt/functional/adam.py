@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adam", "AdamState", "adam_rule"]
@@ -21,6 +22,7 @@ class AdamState(NamedTuple):
     m: Packed                    # first moment, like params
     v: Packed                    # second moment, like params
     vhat: Packed | None = None   # running max of v, like params; None unless amsgrad
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -42,7 +44,8 @@ def adam_rule(beta_1, beta_2, epsilon, amsgrad) -> Rule:
             v = new["vhat"]
         return -alpha * m / (jnp.sqrt(v) + epsilon), new
 
-    return Rule(slots=("m", "v") + (("vhat",) if amsgrad else ()), step=step)
+    return Rule(slots=("m", "v") + (("vhat",) if amsgrad else ()), step=step,
+                nonnegative=("v", "vhat"))
 
 
 def adam(
@@ -63,6 +66,8 @@ def adam(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Adam in Keras 3's "epsilon-hat" form (epsilon is added to the uncorrected root).
 
@@ -86,7 +91,8 @@ def adam(
       amsgrad: keep the running maximum of `v` (Reddi et al., 2018). Default False.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     Example:
       >>> import jax, jax.numpy as jnp, kopt
@@ -107,4 +113,5 @@ def adam(
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

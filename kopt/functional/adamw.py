@@ -6,6 +6,7 @@ from kopt.functional.adam import AdamState, adam_rule
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.elementwise import elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 
 __all__ = ["adamw"]
 
@@ -28,6 +29,8 @@ def adamw(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""AdamW: Keras 3's Adam step after decoupled weight decay.
 
@@ -42,7 +45,9 @@ def adamw(
       learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
       weight_decay: the decay :math:`\lambda`; must not be None. Default 0.004.
       beta_1, beta_2, epsilon, amsgrad: as in `kopt.functional.adam`.
-      weight_decay_mask, clipnorm, clipvalue, global_clipnorm, bucket_threshold: as in
+      weight_decay_mask, clipnorm, clipvalue, global_clipnorm, bucket_threshold, use_ema,
+        ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+        gradient_accumulation_steps, state_dtype, min_quantized_size: as in
         `kopt.functional.sgd`.
 
     Example:
@@ -64,4 +69,5 @@ def adamw(
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

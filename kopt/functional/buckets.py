@@ -19,6 +19,12 @@ params, and `Packed.to_tree()` / `Packed.leaf(i)` give per-param views.
 The choice is automatic (`bucket_threshold=None`): on by default on GPU and TPU, off on
 CPU; see `DEFAULT_BUCKET_THRESHOLD` for the measurements behind it. `bucket_threshold=0`
 turns bucketing off everywhere, and any positive size turns it on.
+
+Low-precision state (`plan(..., state_dtype=...)`): with 'bfloat16' (or 'float32') every
+leaf's state has that dtype, bucketed as above. With 'int8', each leaf of at least
+`min_quantized_size` elements is stored block-wise quantised, as a
+`kopt.functional.quantize.Quantized` in `Packed.leaves` (layout dtype 'int8', never
+bucketed); smaller leaves keep full-precision state, bucketed as above.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE, Quantized
 
 __all__ = [
     "DEFAULT_BUCKET_THRESHOLD", "AUTO_BUCKET_SIZE", "Layout", "Packed", "plan", "resolve_threshold",
@@ -109,18 +117,29 @@ class Layout:
 
 
 def plan(params, bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-         state_dtype=None) -> Layout:
-    """Choose the layout for `params` (shapes and dtypes are all it reads)."""
+         state_dtype=None, min_quantized_size: int = MIN_QUANTIZED_SIZE) -> Layout:
+    """Choose the layout for `params` (shapes and dtypes are all it reads).
+
+    `state_dtype`: None for `state_dtype_for(param dtype)`, a dtype for every leaf, or
+    'int8' for block-wise quantised state on leaves of at least `min_quantized_size`
+    elements (layout dtype 'int8', not bucketed) and `state_dtype_for` on the others.
+    """
     leaves, treedef = jax.tree.flatten(params)
     threshold = resolve_threshold(bucket_threshold)
+    quantize = state_dtype is not None and jnp.dtype(state_dtype) == jnp.int8
     shapes, dtypes, place = [], [], []
     bucket_of: dict[str, int] = {}
     sizes: list[int] = []
     for leaf in leaves:
         shape = tuple(np.shape(leaf))
         size = int(np.prod(shape, dtype=np.int64))
-        dt = np.dtype(state_dtype) if state_dtype is not None else state_dtype_for(leaf.dtype)
         shapes.append(shape)
+        if quantize and size >= min_quantized_size:
+            dtypes.append("int8")
+            place.append((-1, 0, size))
+            continue
+        dt = (jnp.dtype(state_dtype) if state_dtype is not None and not quantize
+              else state_dtype_for(leaf.dtype))
         dtypes.append(dt.name)
         if 0 < size <= threshold:
             b = bucket_of.setdefault(dt.name, len(bucket_of))
@@ -138,7 +157,8 @@ class Packed:
     """One per-parameter state slot (e.g. Adam's `m`) in bucketed form.
 
     Children: `buckets`, one flat array per bucket, and `leaves`, one array per param leaf
-    that is not bucketed (`None` where it is). Aux data: the static `Layout`.
+    that is not bucketed (`None` where it is; a `Quantized` where the layout's dtype is
+    'int8'). Aux data: the static `Layout`.
     """
 
     __slots__ = ("buckets", "leaves", "layout")
@@ -149,14 +169,19 @@ class Packed:
         self.layout = layout
 
     @classmethod
-    def full(cls, layout: Layout, fill: float = 0.0, like=None) -> Packed:
-        """A slot filled with `fill`. Large leaves follow `like`'s leaves (and shardings)."""
+    def full(cls, layout: Layout, fill: float = 0.0, like=None, signed: bool = True) -> Packed:
+        """A slot filled with `fill`. Large leaves follow `like`'s leaves (and shardings).
+
+        Quantised leaves (layout dtype 'int8') use the signed or unsigned map (`signed`).
+        """
         like_leaves = layout.treedef.flatten_up_to(like) if like is not None else None
         buckets = [jnp.full((n,), fill, dtype) for dtype, n in layout.buckets]
         leaves = []
         for i, (b, _, _) in enumerate(layout.place):
             if b >= 0:
                 leaves.append(None)
+            elif layout.dtypes[i] == "int8":
+                leaves.append(Quantized.full(layout.shapes[i], fill, signed))
             elif like_leaves is not None:
                 leaves.append(jnp.full_like(like_leaves[i], fill, dtype=layout.dtypes[i]))
             else:
@@ -165,20 +190,29 @@ class Packed:
 
     @classmethod
     def from_leaves(cls, layout: Layout, leaves) -> Packed:
-        """Build from one array per param leaf (in flatten order)."""
+        """Build from one array per param leaf (in flatten order); a quantised leaf
+        (layout dtype 'int8') takes a `Quantized`."""
         leaves = list(leaves)
         buckets = []
         for b, (dtype, _) in enumerate(layout.buckets):
             parts = [jnp.ravel(jnp.asarray(leaves[i], dtype)) for i in layout.members(b)]
             buckets.append(jnp.concatenate(parts))
-        large = [
-            jnp.asarray(leaves[i], layout.dtypes[i]) if b < 0 else None
-            for i, (b, _, _) in enumerate(layout.place)
-        ]
+        large = []
+        for i, (b, _, _) in enumerate(layout.place):
+            if b >= 0:
+                large.append(None)
+            elif layout.dtypes[i] == "int8":
+                if not isinstance(leaves[i], Quantized):
+                    raise TypeError(f"Leaf {i} of this slot is quantised; expected a Quantized, "
+                                    f"received {type(leaves[i]).__name__}.")
+                large.append(leaves[i])
+            else:
+                large.append(jnp.asarray(leaves[i], layout.dtypes[i]))
         return cls(buckets, large, layout)
 
-    def leaf(self, i: int) -> jax.Array:
-        """The state of param leaf `i`, shaped like the param."""
+    def leaf(self, i: int) -> jax.Array | Quantized:
+        """The state of param leaf `i`, shaped like the param (a `Quantized` where the
+        state is quantised: `.dequantize()` gives the float32 values)."""
         b, off, size = self.layout.place[i]
         if b < 0:
             return self.leaves[i]

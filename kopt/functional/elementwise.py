@@ -45,6 +45,23 @@ sees one param's gradient with its true shape. Such a rule may give `init`, whic
 each slot's initial array from the param (any shape: Adafactor's factored rows), and
 `leaf_info=True`, which passes `leaf=i, layout=layout` to `step` so that a rule can treat
 leaves differently by index, shape or tree path (Muon's AdamW branch).
+
+Low-precision state (`state_dtype`, see `kopt.functional.quantize`): the rule always
+computes in float32 (or the param's wider dtype), whatever the slots are stored in.
+
+- None (default): each slot takes the param's dtype, with a float32 minimum;
+  'float32': float32 for every leaf.
+- 'bfloat16': slots are stored in bfloat16 and written back with stochastic rounding;
+  the random bits hash (element, step, `seed`, slot), `seed` being a uint32 state field
+  (0 at `init`; replace it for another stream), so a run is reproducible and resumes
+  exactly from a checkpoint.
+- 'int8': each leaf of at least `min_quantized_size` elements keeps its slots block-wise
+  quantised (`Quantized`: 8-bit codes and one float32 scale per 2048 elements; the slots
+  a `Rule` lists as `nonnegative` use the unsigned map, the others the signed one), and
+  is never bucketed; smaller leaves keep full-precision slots, bucketed as usual. Only
+  elementwise rules (not `per_leaf`) support it.
+
+The cross-cutting state (`ema`, `accum`) always keeps full precision.
 """
 
 from __future__ import annotations
@@ -57,9 +74,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from kopt.functional.base import Transform, apply_updates
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, plan
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, plan, state_dtype_for
 from kopt.functional.clipping import clip_leaves, validate_clip_options
 from kopt.functional.learning_rate import as_learning_rate
+from kopt.functional.quantize import (
+    MIN_QUANTIZED_SIZE,
+    blockwise_step,
+    rounding_key,
+    stochastic_round,
+    validate_state_dtype,
+)
 from kopt.functional.validation import (
     validate_accumulation,
     validate_ema,
@@ -92,6 +116,10 @@ class Rule(NamedTuple):
     without it each slot is `fill`, shaped like the param. With `leaf_info`, `step` also
     receives the keywords `leaf` (the flat leaf index) and `layout` (the state `Layout`,
     whose `treedef` and `shapes` describe the whole param tree).
+
+    `nonnegative` names the slots that never go below zero (second moments,
+    accumulators); int8 state stores them with the unsigned map, which has one more
+    decade of range. Other slots use the signed map.
     """
 
     slots: tuple[str, ...]
@@ -103,6 +131,7 @@ class Rule(NamedTuple):
     per_leaf: bool = False
     init: Callable[[str, jax.Array, int], jax.Array] | None = None
     leaf_info: bool = False
+    nonnegative: tuple[str, ...] = ()   # slots >= 0: the unsigned map under int8 state
 
 
 def _check_threshold(bucket_threshold):
@@ -131,10 +160,17 @@ def elementwise_transform(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     """Build a `Transform` from `rule`; `state_cls` is a NamedTuple with fields
     `count`, `learning_rate`, (at least) one per slot, and `ema`, `accum` and
-    `micro_step` (defaulting to None) for the cross-cutting options."""
+    `micro_step` (defaulting to None) for the cross-cutting options, and `seed`
+    (defaulting to None) for `state_dtype='bfloat16'`.
+
+    `state_dtype` (None, 'float32', 'bfloat16' or 'int8') and `min_quantized_size` (the
+    smallest leaf, in elements, whose state 'int8' quantises; default 2048) choose how
+    the slots are stored: see the module docstring."""
     lr = as_learning_rate(learning_rate)
     validate_clip_options(clipnorm, clipvalue, global_clipnorm)
     validate_weight_decay(weight_decay)
@@ -152,21 +188,40 @@ def elementwise_transform(
 
     if rule.scalars and rule.advance is None:
         raise ValueError("A Rule with `scalars` needs an `advance` function.")
+    state_dtype = validate_state_dtype(state_dtype, min_quantized_size)
+    if state_dtype == "int8" and rule.slots and (rule.per_leaf or rule.init is not None):
+        raise ValueError(
+            "state_dtype='int8' needs an elementwise rule; this optimizer's rule works on "
+            "whole tensors, so its state cannot be quantised block-wise. Use "
+            "state_dtype='bfloat16' or None. Received: state_dtype='int8'"
+        )
+    rounding = state_dtype == "bfloat16" and bool(rule.slots)
+    if rounding and "seed" not in state_cls._fields:
+        raise TypeError(f"{state_cls.__name__} lacks the field 'seed' (the stochastic-rounding "
+                        "seed) that state_dtype='bfloat16' needs.")
 
     def init_fn(params):
         slots = {}
         if rule.slots or need_aux:
-            layout = plan(params, 0 if rule.per_leaf else bucket_threshold)
+            threshold = 0 if rule.per_leaf else bucket_threshold
+            layout = plan(params, threshold)   # the cross-cutting state's
+            slot_layout = layout if state_dtype is None else plan(
+                params, threshold, state_dtype, min_quantized_size)
         if rule.slots and rule.init is not None:
-            p_leaves = layout.treedef.flatten_up_to(params)
+            p_leaves = slot_layout.treedef.flatten_up_to(params)
             for name in rule.slots:
-                slots[name] = Packed(
-                    [], [jnp.asarray(rule.init(name, jnp.asarray(p), i))
-                         for i, p in enumerate(p_leaves)], layout)
+                arrays = [jnp.asarray(rule.init(name, jnp.asarray(p), i))
+                          for i, p in enumerate(p_leaves)]
+                if state_dtype is not None:
+                    arrays = [a.astype(slot_layout.dtypes[i]) for i, a in enumerate(arrays)]
+                slots[name] = Packed([], arrays, slot_layout)
         elif rule.slots:
             for name in rule.slots:
-                slots[name] = Packed.full(layout, rule.fill.get(name, 0.0), like=params)
+                slots[name] = Packed.full(slot_layout, rule.fill.get(name, 0.0), like=params,
+                                          signed=name not in rule.nonnegative)
         scalars = {name: jnp.asarray(v, jnp.float32) for name, v in rule.scalars.items()}
+        if rounding:
+            scalars["seed"] = jnp.zeros((), jnp.uint32)
         if use_ema:   # zeros, as Keras; the first update sets it to the params
             slots["ema"] = Packed.full(layout, 0.0, like=params)
         if accum_steps:
@@ -340,11 +395,22 @@ def elementwise_transform(
             old = {name: getattr(state, name) for name in rule.slots}
             new_buckets = {name: list(old[name].buckets) for name in rule.slots}
             new_large = {name: list(old[name].leaves) for name in rule.slots}
+            n_parts = layout.num_leaves + len(layout.buckets)
+
+            def store(new, part):
+                """New slot values (computed wide) in their storage dtype: bfloat16 by
+                stochastic rounding; other dtypes are cast at the end."""
+                if not rounding:
+                    return new
+                return {n: stochastic_round(new[n], rounding_key(state.seed, t, k * n_parts + part))
+                        for k, n in enumerate(rule.slots)}
+
             for b, (dtype, size) in enumerate(layout.buckets):
                 members = layout.members(b)
                 live = [i for i in members if grads[i] is not None]
                 if not live:
                     continue
+                dtype = state_dtype_for(dtype)   # compute dtype: float32 for bfloat16 state
                 parts = [
                     jnp.ravel(grads[i]).astype(dtype) if grads[i] is not None
                     else jnp.zeros((layout.place[i][2],), dtype)
@@ -360,12 +426,13 @@ def elementwise_transform(
                     ]
                     p_flat = jnp.concatenate(p_parts) if len(p_parts) > 1 else p_parts[0]
                 d_flat, s_flat = run_step(
-                    g_flat, {n: old[n].buckets[b] for n in rule.slots}, dtype, p_flat
+                    g_flat, {n: old[n].buckets[b].astype(dtype) for n in rule.slots}, dtype, p_flat
                 )
                 # Materialise the bucket's results once. Without the barrier XLA fuses the
                 # whole concatenate-and-update into every per-leaf slice below, which is
                 # quadratic in the number of leaves at compile time and at run time.
                 d_flat, s_flat = jax.lax.optimization_barrier((d_flat, s_flat))
+                s_flat = store(s_flat, layout.num_leaves + b)
                 if len(live) < len(members):   # keep the state of skipped leaves
                     keep = np.zeros((size,), bool)
                     for i in live:
@@ -380,12 +447,20 @@ def elementwise_transform(
             for i in layout.large():
                 if grads[i] is None:
                     continue
-                dtype = layout.dtypes[i]
+                dtype = state_dtype_for(layout.dtypes[i])   # compute dtype
                 param = seen[i].astype(dtype) if rule.needs_params else None
-                d, s = run_step(
-                    grads[i].astype(dtype), {n: old[n].leaves[i] for n in rule.slots}, dtype,
-                    param, leaf=i,
-                )
+                if layout.dtypes[i] == "int8":
+                    d, s = blockwise_step(
+                        lambda g, s, p, i=i: run_step(g, s, jnp.float32, p, leaf=i),
+                        grads[i], {n: old[n].leaves[i] for n in rule.slots}, param,
+                    )
+                else:
+                    d, s = run_step(
+                        grads[i].astype(dtype),
+                        {n: old[n].leaves[i].astype(dtype) for n in rule.slots}, dtype,
+                        param, leaf=i,
+                    )
+                    s = store(s, i)
                 deltas[i] = d
                 for n in rule.slots:
                     new_large[n][i] = s[n]

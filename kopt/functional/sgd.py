@@ -9,6 +9,7 @@ import jax
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_unit_interval
 
 __all__ = ["sgd", "SGDState"]
@@ -18,6 +19,7 @@ class SGDState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -39,6 +41,8 @@ def sgd(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Stochastic gradient descent, with Keras 3's momentum formulation.
 
@@ -74,6 +78,18 @@ def sgd(
         weight decay run only then) and resets the sum; other calls return zero updates
         and leave the state but `accum`/`micro_step` unchanged. `count` counts real
         updates; schedules read the raw call count `micro_step`, as Keras 3. Default None.
+      state_dtype: how the per-parameter state is stored; the update is computed in
+        float32 (or the param's wider dtype) either way. None (default): the param's
+        dtype, at least float32. 'float32': float32. 'bfloat16': bfloat16 written back
+        with stochastic rounding, from a hash of (element, step, `state.seed`, slot), so
+        runs are reproducible and resume exactly (2 bytes per slot element). 'int8':
+        block-wise 8-bit quantisation (Dettmers et al., 2021): blocks of 2048 elements,
+        each with a float32 scale, and a signed dynamic map (an unsigned one for second
+        moments), about 1 byte per slot element; leaves smaller than
+        `min_quantized_size` keep float32 state. `ema` and `accum` stay full precision.
+        See `kopt.functional.quantize`.
+      min_quantized_size: the smallest leaf, in elements, whose state 'int8' quantises.
+        Default 2048 (one block).
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -103,4 +119,5 @@ def sgd(
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )
