@@ -50,6 +50,7 @@ from kopt.functional.schedule_free import (
     schedule_free_eval_params,
 )
 from kopt.functional.sgd import SGDState, sgd
+from kopt.functional.sharding import aggregate_gradients, shard_state, state_shardings
 from kopt.functional.weight_decay import add_decayed_weights
 
 __all__ = [
@@ -117,4 +118,7 @@ __all__ = [
     "schedule_free_adamw",
     "ScheduleFreeAdamWState",
     "schedule_free_eval_params",
+    "state_shardings",
+    "shard_state",
+    "aggregate_gradients",
 ]

@@ -39,7 +39,9 @@ def _init_slot(name, param, i):
         return jnp.zeros_like(param, dtype=dtype)
     if len(shape) < 2:
         return jnp.zeros((), dtype)
-    return jnp.zeros(shape[:-1] if name == "r" else shape[:-2] + shape[-1:], dtype)
+    # A reduction of the param (not a fresh `zeros`) keeps its sharding, so the state's
+    # type does not change after the first step (lax.scan, accumulation's lax.cond).
+    return jnp.zeros_like(param, dtype=dtype).sum(axis=-1 if name == "r" else -2)
 
 
 def adafactor(

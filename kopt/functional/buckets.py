@@ -20,6 +20,13 @@ The choice is automatic (`bucket_threshold=None`): on by default on GPU and TPU,
 CPU; see `DEFAULT_BUCKET_THRESHOLD` for the measurements behind it. `bucket_threshold=0`
 turns bucketing off everywhere, and any positive size turns it on.
 
+A leaf whose sharding is known to split it across devices is never bucketed, whatever its
+size: its state keeps the param's shape and sharding. (Packed into a replicated bucket it
+would be all-gathered every step, and under explicit sharding its flattening is
+rejected.) The sharding is known for a `jax.Array` (an eager `init`) and for a traced
+value on a mesh with `Explicit` axes; under jit on a mesh with `Auto` axes it is not, and
+such a leaf is bucketed as if replicated.
+
 Low-precision state (`plan(..., state_dtype=...)`): with 'bfloat16' (or 'float32') every
 leaf's state has that dtype, bucketed as above. With 'int8', each leaf of at least
 `min_quantized_size` elements is stored block-wise quantised, as a
@@ -116,9 +123,21 @@ class Layout:
         return [i for i, (bi, _, _) in enumerate(self.place) if bi < 0]
 
 
+def _is_split(leaf) -> bool:
+    """Whether `leaf` is known to be sharded across devices (not fully replicated)."""
+    sharding = getattr(leaf, "sharding", None)   # None for tracers and numpy arrays
+    if sharding is not None:
+        return not sharding.is_fully_replicated
+    try:   # a tracer's type carries its sharding on a mesh with Explicit axes
+        spec = jax.typeof(leaf).sharding.spec
+    except (AttributeError, TypeError):
+        return False
+    return any(s is not None for s in spec)
+
+
 def plan(params, bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
          state_dtype=None, min_quantized_size: int = MIN_QUANTIZED_SIZE) -> Layout:
-    """Choose the layout for `params` (shapes and dtypes are all it reads).
+    """Choose the layout for `params` (their shapes, dtypes and, where known, shardings).
 
     `state_dtype`: None for `state_dtype_for(param dtype)`, a dtype for every leaf, or
     'int8' for block-wise quantised state on leaves of at least `min_quantized_size`
@@ -141,7 +160,7 @@ def plan(params, bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
         dt = (jnp.dtype(state_dtype) if state_dtype is not None and not quantize
               else state_dtype_for(leaf.dtype))
         dtypes.append(dt.name)
-        if 0 < size <= threshold:
+        if 0 < size <= threshold and not _is_split(leaf):
             b = bucket_of.setdefault(dt.name, len(bucket_of))
             if b == len(sizes):
                 sizes.append(0)

@@ -17,10 +17,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.sharding import state_shardings
 from kopt.stateful.variable import Variable
 
 __all__ = ["Optimizer"]
@@ -136,7 +138,7 @@ class Optimizer:
         self._index = {}
         if self._vars is not None:
             self._index = {id(v): i for i, v in enumerate(self._vars)}
-            self._state = jax.tree.map(jnp.asarray, self._state)
+            self._state = self._on_mesh(jax.tree.map(jnp.asarray, self._state))
             self._iterations = jnp.copy(self._state.count)
             self._compile()
 
@@ -258,9 +260,23 @@ class Optimizer:
         self._index = {id(v): i for i, v in enumerate(variables)}
         self._mask = self._decay_mask()
         self._transform = self._make_transform(self._mask)
-        self._state = self._transform.init(tuple(_read(v) for v in variables))
+        self._state = self._on_mesh(self._transform.init(tuple(_read(v) for v in variables)))
         self._iterations = jnp.copy(self._state.count)
         self._compile()
+
+    def _on_mesh(self, state):
+        """`state`, placed where the variables live when they are on a mesh: sharded like
+        them, and the rest (counters, buckets, made on one device) replicated, so that
+        the compiled step always sees the same input shardings and compiles once."""
+        values = tuple(_read(v) for v in self._vars)
+        if any(isinstance(getattr(x, "sharding", None), NamedSharding) for x in values):
+            return jax.device_put(state, state_shardings(state, values))
+        return state
+
+    def _new_learning_rate(self, value):
+        """A new `learning_rate` state field, placed as the old one (no recompile)."""
+        new, old = jnp.asarray(value, jnp.float32), self._state.learning_rate.sharding
+        return jax.device_put(new, old) if isinstance(old, NamedSharding) else new
 
     def _decay_mask(self):
         if not (self._exclude_ids or self._exclude_names) or self._vars is None:
@@ -415,8 +431,8 @@ class Optimizer:
                 "The new state does not have the structure of this optimizer's state. "
                 f"Expected {jax.tree.structure(self._state)}, received {jax.tree.structure(new_state)}."
             )
-        self._state = new_state
-        self._iterations = jnp.copy(new_state.count)
+        self._state = self._on_mesh(new_state)
+        self._iterations = jnp.copy(self._state.count)
 
     @property
     def iterations(self) -> jax.Array:
@@ -449,7 +465,7 @@ class Optimizer:
             self._transform = transform
             if self.built:
                 self._state = self._state._replace(
-                    learning_rate=jnp.asarray(value(self._schedule_step()), jnp.float32))
+                    learning_rate=self._new_learning_rate(value(self._schedule_step())))
                 self._compile()
             return
         if callable(old):
@@ -467,7 +483,7 @@ class Optimizer:
             raise ValueError(f"`learning_rate` must be >= 0. Received: learning_rate={value}")
         self._learning_rate = number
         if self.built:
-            self._state = self._state._replace(learning_rate=jnp.asarray(number, jnp.float32))
+            self._state = self._state._replace(learning_rate=self._new_learning_rate(number))
 
     # ----------------------------------------------------------------- weights
     def _weight_fields(self):
@@ -606,11 +622,12 @@ class Optimizer:
             else:
                 new[name] = tuple(jnp.asarray(w, a.dtype) for w, a in zip(leaves[name], field))
         self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
-        self._iterations = jnp.copy(self._state.count)
         if callable(self._learning_rate):
             self._state = self._state._replace(
                 learning_rate=jnp.asarray(self._learning_rate(self._schedule_step()),
                                           jnp.float32))
+        self._state = self._on_mesh(self._state)
+        self._iterations = jnp.copy(self._state.count)
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
