@@ -16,6 +16,7 @@ from kopt.stateful import (
     Ftrl,
     Lamb,
     Lion,
+    LossScaleOptimizer,
     MultiOptimizer,
     Muon,
     Nadam,
@@ -56,4 +57,5 @@ __all__ = [
     "LARS",
     "Muon",
     "ScheduleFreeAdamW",
+    "LossScaleOptimizer",
 ]

@@ -601,3 +601,18 @@ def test_np_array_of_variable_is_an_independent_copy():
     assert not np.shares_memory(a, v.numpy())
     a[0] = 5.0
     assert v.numpy()[0] == 1.0
+
+
+def test_minimize_with_loss_scale_factor_takes_the_unscaled_step():
+    def loss_fn(values, x):
+        return jnp.sum((values[0] * x - 1.0) ** 2)
+
+    x = jnp.asarray([0.5, 2.0, -1.0])
+    results = []
+    for factor in (None, 8.0):
+        w = kopt.Variable(jnp.ones(3), name="w")
+        opt = kopt.optimizers.SGD(0.1, loss_scale_factor=factor)
+        losses = [float(opt.minimize(loss_fn, [w], x)) for _ in range(3)]
+        results.append((losses, w.numpy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6)

@@ -33,6 +33,13 @@ from kopt.functional.lars import LARSState, lars
 from kopt.functional.lion import LionState, lion
 from kopt.functional.muon import MuonState, muon
 from kopt.functional.nadam import NadamState, nadam
+from kopt.functional.nonfinite import (
+    LossScaleState,
+    SkipNonfiniteState,
+    all_finite,
+    dynamic_loss_scale,
+    skip_nonfinite,
+)
 from kopt.functional.partition import (
     MaskedNode,
     PartitionState,
@@ -121,4 +128,9 @@ __all__ = [
     "state_shardings",
     "shard_state",
     "aggregate_gradients",
+    "skip_nonfinite",
+    "SkipNonfiniteState",
+    "dynamic_loss_scale",
+    "LossScaleState",
+    "all_finite",
 ]

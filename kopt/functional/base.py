@@ -68,11 +68,18 @@ def chain(*transforms: Transform) -> Transform:
     return Transform(init_fn, update_fn)
 
 
+def wider_dtype(a, b):
+    """`jnp.promote_types` under JAX's standard rules, whatever `jax_numpy_dtype_promotion`
+    says (strict promotion refuses bfloat16 with float32)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(a, b)
+
+
 def _add(p, u):
     if u is None:
         return p
     p = jnp.asarray(p)
-    wide = jnp.promote_types(p.dtype, u.dtype)
+    wide = wider_dtype(p.dtype, u.dtype)
     return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, wider_dtype
 
 __all__ = ["clip_by_norm", "clip_by_value", "clip_by_global_norm", "validate_clip_options"]
 
@@ -47,7 +47,7 @@ def _norm_clip(g, clip):
 def global_norm(leaves):
     """sqrt of the sum of squares of every leaf, accumulated in float32 or wider."""
     total = sum(
-        jnp.sum(jnp.square(g.astype(jnp.promote_types(g.dtype, jnp.float32)))) for g in leaves
+        jnp.sum(jnp.square(g.astype(wider_dtype(g.dtype, jnp.float32)))) for g in leaves
     )
     return jnp.sqrt(total)
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kopt.functional.base import Transform, apply_updates
+from kopt.functional.base import Transform, apply_updates, wider_dtype
 from kopt.functional.clipping import EmptyState
 from kopt.functional.validation import (
     validate_accumulation,
@@ -94,7 +94,7 @@ def ema(ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None) 
             def move(u, p, e):
                 p = jnp.asarray(p)
                 dt = p.dtype if u is None else u.dtype
-                to_ema = (e.astype(jnp.promote_types(p.dtype, e.dtype)) - p).astype(dt)
+                to_ema = (e.astype(wider_dtype(p.dtype, e.dtype)) - p).astype(dt)
                 return jnp.where(overwrite, to_ema, jnp.zeros_like(to_ema) if u is None else u)
 
             updates = jax.tree.map(move, updates, params, new_ema, is_leaf=_is_none)

@@ -16,6 +16,7 @@ from kopt.stateful import (
     Ftrl,
     Lamb,
     Lion,
+    LossScaleOptimizer,
     MultiOptimizer,
     Muon,
     Nadam,
@@ -62,4 +63,5 @@ __all__ = [
     "TransformState",
     "Muon",
     "ScheduleFreeAdamW",
+    "LossScaleOptimizer",
 ]

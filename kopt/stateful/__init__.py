@@ -13,6 +13,7 @@ from kopt.stateful.ftrl import Ftrl
 from kopt.stateful.lamb import Lamb
 from kopt.stateful.lars import LARS
 from kopt.stateful.lion import Lion
+from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
 from kopt.stateful.multi_optimizer import MultiOptimizer, OptimizerMap
 from kopt.stateful.muon import Muon
 from kopt.stateful.nadam import Nadam
@@ -54,4 +55,5 @@ __all__ = [
     "TransformState",
     "Muon",
     "ScheduleFreeAdamW",
+    "LossScaleOptimizer",
 ]

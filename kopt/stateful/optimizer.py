@@ -395,8 +395,16 @@ class Optimizer:
         if fn is None:
             tx = self._transform
 
+            factor = self.loss_scale_factor
+
+            def scaled_loss(vals, *a):
+                # As Keras's trainer: differentiate the scaled loss (the update divides the
+                # gradients by the factor again) and report the unscaled one.
+                loss = loss_fn(list(vals), *a)
+                return (loss if factor is None else loss * factor), loss
+
             def run(values, state, *a):
-                loss, grads = jax.value_and_grad(lambda vals: loss_fn(list(vals), *a))(values)
+                (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(values, *a)
                 updates, state = tx.update(grads, state, values)
                 return loss, apply_updates(values, updates), state, jnp.copy(state.count)
 

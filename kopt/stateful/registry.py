@@ -70,8 +70,9 @@ def deserialize(config: dict[str, Any]) -> Optimizer:
 
 def _config_only() -> dict[str, type[Optimizer]]:
     """Wrappers that `deserialize` rebuilds but `get('name')` cannot (they need arguments)."""
+    from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
     from kopt.stateful.multi_optimizer import MultiOptimizer
-    return {"multioptimizer": MultiOptimizer}
+    return {"multioptimizer": MultiOptimizer, "lossscaleoptimizer": LossScaleOptimizer}
 
 
 def get(identifier) -> Optimizer:

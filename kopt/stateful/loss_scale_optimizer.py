@@ -1,0 +1,335 @@
+"""Stateful `LossScaleOptimizer`, a thin shell over `kopt.functional.nonfinite.dynamic_loss_scale`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kopt.functional.base import apply_updates
+from kopt.functional.buckets import state_dtype_for
+from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
+from kopt.stateful.optimizer import Optimizer, _read, _tracing, _write
+
+__all__ = ["LossScaleOptimizer"]
+
+# Keras 3 still accepts these base-optimizer arguments from old configs, at their defaults.
+_BASE_DEFAULTS = {
+    "weight_decay": None, "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
+    "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
+    "loss_scale_factor": None, "gradient_accumulation_steps": None,
+}
+
+
+class LossScaleOptimizer(Optimizer):
+    r"""Dynamic loss scaling around another optimizer, as `keras.optimizers.LossScaleOptimizer`.
+
+    Multiply the loss by the scale (`opt.scale_loss(loss)`) before differentiating, so
+    that small float16 gradients do not underflow, and pass the scaled gradients to
+    `apply_gradients`. In one compiled step, with scale :math:`s` and step counter :math:`k`:
+
+    - if every gradient is finite, the inner optimizer applies :math:`g / s`; then
+      :math:`s \leftarrow 2s, k \leftarrow 0` if :math:`k = \text{dynamic\_growth\_steps} - 1`,
+      else :math:`k \leftarrow k + 1`;
+    - otherwise nothing is applied (the variables and the inner optimizer's state are
+      unchanged) and :math:`s \leftarrow s / 2, k \leftarrow 0`.
+
+    The maths is `kopt.functional.nonfinite.dynamic_loss_scale(inner.transform, ...)`.
+    The inner optimizer keeps its own state and is updated in place, as in Keras:
+    `iterations` (which skipped steps do not advance) and `learning_rate` are the inner
+    optimizer's, and `inner_optimizer.get_weights()` stays current. As in Keras, the
+    inner optimizer's `loss_scale_factor` is turned off (it would unscale twice).
+    `minimize(loss_fn, variables)` scales the loss itself and returns it unscaled.
+
+    `get_weights()`: `[iterations, step_counter, dynamic_scale, *inner_slots]`, where
+    `inner_slots` is `inner_optimizer.get_weights()[1:]` (its scalars, then its slots).
+
+    Args:
+      inner_optimizer: the `kopt.optimizers.Optimizer` to wrap.
+      initial_scale: the starting loss scale, a finite number > 0. Default `2.0**15`.
+      dynamic_growth_steps: finite steps in a row after which the scale doubles, an int
+        >= 1. Default 2000.
+      name: optional name. Default "loss_scale_optimizer".
+
+    Example:
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
+      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
+      >>> opt = LossScaleOptimizer(kopt.optimizers.SGD(0.1), initial_scale=8.0)
+      >>> grads = jax.grad(lambda x: opt.scale_loss(jnp.sum(x ** 2)))(w.value)
+      >>> int(opt.apply_gradients([(grads, w)])), float(opt.dynamic_scale)
+      (1, 8.0)
+      >>> int(opt.apply_gradients([(grads * jnp.inf, w)])), float(opt.dynamic_scale)
+      (1, 4.0)
+
+    Reference: `keras.optimizers.LossScaleOptimizer`.
+    """
+
+    def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000,
+                 name=None, **kwargs):
+        if not isinstance(inner_optimizer, Optimizer):
+            raise TypeError(
+                "`inner_optimizer` must be a kopt.optimizers.Optimizer. Received: "
+                f"inner_optimizer={inner_optimizer!r} of type {type(inner_optimizer).__name__}"
+            )
+        if not kwargs.pop("dynamic", True):
+            raise ValueError(
+                "LossScaleOptimizer does not support `dynamic=False`; set "
+                "`loss_scale_factor` on the inner optimizer for a fixed scale. "
+                "Received: dynamic=False")
+        for key, default in _BASE_DEFAULTS.items():
+            value = kwargs.pop(key, default)
+            if value != default:
+                raise ValueError(
+                    f"LossScaleOptimizer does not support `{key}`; set it on the inner "
+                    f"optimizer instead. Received: {key}={value!r}")
+        if kwargs:
+            raise ValueError(f"LossScaleOptimizer: argument(s) not recognized: {kwargs}.")
+        _check_scale_arguments(initial_scale, dynamic_growth_steps)
+        if inner_optimizer.loss_scale_factor is not None:
+            inner_optimizer.loss_scale_factor = None
+            inner_optimizer._transform = inner_optimizer._make_transform(inner_optimizer._mask)
+            if inner_optimizer.built:
+                inner_optimizer._compile()
+        self.inner_optimizer = inner_optimizer
+        self.initial_scale = initial_scale
+        self.dynamic_growth_steps = dynamic_growth_steps
+        self._own = None   # (step_counter, dynamic_scale) once built
+        super().__init__(learning_rate=0.0,
+                         name=name if name is not None else "loss_scale_optimizer")
+
+    # The inner optimizer holds its part of the state: `_state` and `_iterations` read
+    # and write through to it, so the base class's compiled step updates both.
+    @property
+    def _state(self):
+        own = self.__dict__.get("_own")
+        if own is None:
+            return None
+        return LossScaleState(*own, self.inner_optimizer._state)
+
+    @_state.setter
+    def _state(self, state):
+        if state is None:
+            self._own = None
+        else:
+            self._own = (state.step_counter, state.dynamic_scale)
+            self.inner_optimizer._state = state.inner
+
+    @property
+    def _iterations(self):
+        return self.inner_optimizer._iterations
+
+    @_iterations.setter
+    def _iterations(self, value):
+        self.inner_optimizer._iterations = value
+
+    def __getstate__(self):
+        d = super().__getstate__()
+        for key in ("_state", "_iterations", "_inner_tx"):
+            d.pop(key, None)
+        if self._own is not None:
+            d["_own"] = jax.device_get(self._own)
+        return d
+
+    def _make_transform(self, mask=None):
+        del mask   # weight decay is the inner optimizer's
+        self._inner_tx = self.inner_optimizer.transform
+        return dynamic_loss_scale(self._inner_tx, self.initial_scale, self.dynamic_growth_steps)
+
+    def _sync(self):
+        """Follow a change of the inner optimizer's transform (a new schedule, say)."""
+        if self.inner_optimizer.transform is not self._inner_tx:
+            self._transform = self._make_transform()
+            if self.built:
+                self._compile()
+
+    # ----------------------------------------------------------------- build and apply
+    def build(self, variables) -> None:
+        """Build the inner optimizer (kept as it is if already built with `variables`)."""
+        variables = list(variables)
+        if self.built:
+            if [id(v) for v in variables] == [id(v) for v in self._vars]:
+                return
+            raise ValueError(
+                f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
+                "it cannot be rebuilt with a different set. Create a new optimizer.")
+        self.inner_optimizer.build(variables)
+        self._vars = self.inner_optimizer._vars
+        self._index = dict(self.inner_optimizer._index)
+        self._transform = self._make_transform()
+        self._own = (jnp.zeros((), jnp.int32), jnp.asarray(self.initial_scale, jnp.float32))
+        self._compile()
+
+    def apply(self, grads, variables=None):
+        """Apply the scaled `grads` (unscaled, or skipped if non-finite); returns `iterations`."""
+        self._sync()
+        return super().apply(grads, variables)
+
+    def minimize(self, loss_fn, variables, *args):
+        """One compiled step on `loss_fn(values, *args) * dynamic_scale`; returns the loss
+        (unscaled)."""
+        if _tracing():
+            raise RuntimeError(
+                "minimize() cannot be called inside a JAX transformation (jit, grad, vmap...). "
+                "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code.")
+        variables = list(variables)
+        if not self.built:
+            self.build(variables)
+        elif [id(v) for v in variables] != [id(v) for v in self._vars]:
+            raise ValueError(
+                "minimize() must be called with the variables the optimizer was built with.")
+        self._sync()
+        fn = self._minimize_cache.get(loss_fn)
+        if fn is None:
+            tx = self._transform
+
+            def run(values, state, *a):
+                def scaled(vals):
+                    loss = loss_fn(list(vals), *a)
+                    return _times(loss, state.dynamic_scale), loss
+
+                (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
+                updates, state = tx.update(grads, state, values)
+                return loss, apply_updates(values, updates), state, jnp.copy(state.count)
+
+            fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
+        loss, new_values, self._state, self._iterations = fn(
+            tuple(_read(v) for v in self._vars), self._state, *args)
+        for v, value in zip(self._vars, new_values):
+            _write(v, value)
+        return loss
+
+    def stateless_apply(self, state, grads, values):
+        """The pure step for use inside jit: `(state, grads, values) -> (values, state)`.
+
+        `state` is `opt.state` (a `LossScaleState`); `grads` are the gradients of the
+        loss times `state.dynamic_scale`. Write back with `opt.state = state`.
+        """
+        self._sync()
+        return super().stateless_apply(state, grads, values)
+
+    # ----------------------------------------------------------------- scale and proxies
+    @property
+    def dynamic_scale(self) -> jax.Array:
+        """The current loss scale, a float32 0-d `jax.Array` (a snapshot)."""
+        if self._own is None:
+            return jnp.asarray(self.initial_scale, jnp.float32)
+        return jnp.copy(self._own[1])
+
+    def scale_loss(self, loss):
+        """`loss * dynamic_scale`, in float32 or wider (`initial_scale` before build).
+
+        It reads the current scale when called. A jitted training step should instead
+        take the state and multiply by `state.dynamic_scale` (see `stateless_apply`), or
+        use `minimize`, which scales the loss itself.
+        """
+        return _times(loss, self.dynamic_scale)
+
+    @property
+    def iterations(self) -> jax.Array:
+        """The inner optimizer's `iterations`: applied (not skipped) updates."""
+        return self.inner_optimizer.iterations
+
+    @property
+    def learning_rate(self):
+        """The inner optimizer's learning rate (read and set)."""
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.inner_optimizer.learning_rate = value
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """The inner optimizer's `exclude_from_weight_decay`."""
+        self.inner_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
+    def finalize_variable_values(self, var_list) -> None:
+        """The inner optimizer's `finalize_variable_values`."""
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # ----------------------------------------------------------------- weights
+    @property
+    def variables(self) -> list[jax.Array]:
+        """`[iterations, step_counter, dynamic_scale, *inner slots]` (snapshots)."""
+        if not self.built:
+            return []
+        inner = self.inner_optimizer.variables
+        return [inner[0], jnp.copy(self._own[0]), jnp.copy(self._own[1]), *inner[1:]]
+
+    def set_weights(self, weights) -> None:
+        """Load `[iterations, step_counter, dynamic_scale, *inner slots]` (validated in
+        full before any change)."""
+        if not self.built:
+            raise ValueError(
+                "set_weights() needs a built optimizer: call opt.build(variables) first.")
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(
+                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+        expected = 2 + len(self.inner_optimizer.variables)
+        if len(weights) != expected:
+            raise ValueError(
+                f"set_weights expected a list of {expected} arrays (iterations, step_counter, "
+                f"dynamic_scale, then the {expected - 3} of the inner optimizer "
+                f"{self.inner_optimizer.name!r}); received {len(weights)}.")
+        counter, scale = np.asarray(weights[1]), np.asarray(weights[2])
+        if not (counter.shape == () and _is_real(counter) and 0 <= counter < np.inf
+                and float(counter) == int(counter)):
+            raise ValueError(
+                "set_weights: entry 1 (step_counter) must be a 0-d integer >= 0. "
+                f"Received: {_describe(counter)}.")
+        if not (scale.shape == () and _is_real(scale) and 0 < scale < np.inf):
+            raise ValueError(
+                "set_weights: entry 2 (dynamic_scale) must be a 0-d number, finite and > 0. "
+                f"Received: {_describe(scale)}.")
+
+        def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
+            k = int(match.group(1))
+            return f"entry {k + 2 if k else 0}"
+
+        try:
+            self.inner_optimizer.set_weights([weights[0], *weights[3:]])
+        except ValueError as e:
+            raise ValueError(re.sub(r"entry (\d+)", renumber, str(e))) from None
+        self._own = (jnp.asarray(int(counter), jnp.int32), jnp.asarray(scale, jnp.float32))
+
+    # ----------------------------------------------------------------- config
+    def get_config(self) -> dict[str, Any]:
+        from kopt.stateful.registry import serialize
+        return {"name": self.name, "inner_optimizer": serialize(self.inner_optimizer),
+                "initial_scale": self.initial_scale,
+                "dynamic_growth_steps": self.dynamic_growth_steps}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        from kopt.stateful.registry import deserialize
+        if not isinstance(config, dict):
+            raise TypeError(f"from_config expects a dict. Received: {config!r}")
+        config = dict(config)
+        if "inner_optimizer" not in config:
+            raise ValueError(
+                "A LossScaleOptimizer config needs an 'inner_optimizer' entry. Received keys: "
+                f"{sorted(config)}")
+        inner = config.pop("inner_optimizer")
+        if isinstance(inner, dict):
+            inner = deserialize(inner)
+        return cls(inner, **config)
+
+
+def _is_real(x: np.ndarray) -> bool:
+    return bool(np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating))
+
+
+def _describe(x: np.ndarray) -> str:
+    if x.shape == ():
+        return f"{x.item()!r} of dtype {x.dtype}"
+    return f"an array of shape {x.shape} and dtype {x.dtype}"
+
+
+def _times(loss, scale):
+    """`loss * scale` in the wider of the loss's dtype and float32."""
+    loss = jnp.asarray(loss)
+    wide = state_dtype_for(loss.dtype)
+    return loss.astype(wide) * scale.astype(wide)
