@@ -49,6 +49,7 @@ from kopt.functional.partition import (
     path_labels,
     set_to_zero,
 )
+from kopt.functional.quantize import Quantized, quantization_map
 from kopt.functional.radam import RAdamState, radam
 from kopt.functional.rmsprop import RMSpropState, rmsprop
 from kopt.functional.schedule_free import (
@@ -133,4 +134,6 @@ __all__ = [
     "dynamic_loss_scale",
     "LossScaleState",
     "all_finite",
+    "Quantized",
+    "quantization_map",
 ]

@@ -20,7 +20,7 @@ class AdagradState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     accumulator: Packed          # sum of g^2 (from initial_accumulator_value), like params
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -76,14 +76,17 @@ def adagrad(
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     check_nonnegative("epsilon", epsilon)
 
-    def step(g, s, lr, t):
+    def update(g, new, lr, t):
         del t
-        accumulator = s["accumulator"] + g * g
-        return -(lr * g) / jnp.sqrt(accumulator + epsilon), {"accumulator": accumulator}
+        return -(lr * g) / jnp.sqrt(new["accumulator"] + epsilon)
+
+    def step(g, s, lr, t):
+        new = {"accumulator": s["accumulator"] + g * g}
+        return update(g, new, lr, t), new
 
     rule = Rule(
         slots=("accumulator",), step=step, fill={"accumulator": initial_accumulator_value},
-        nonnegative=("accumulator",),
+        nonnegative=("accumulator",), update=update,
     )
     return elementwise_transform(
         rule, AdagradState, learning_rate,

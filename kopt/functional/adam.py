@@ -22,7 +22,7 @@ class AdamState(NamedTuple):
     m: Packed                    # first moment, like params
     v: Packed                    # second moment, like params
     vhat: Packed | None = None   # running max of v, like params; None unless amsgrad
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -34,18 +34,22 @@ def adam_rule(beta_1, beta_2, epsilon, amsgrad) -> Rule:
     check_unit_interval("beta_2", beta_2)
     check_nonnegative("epsilon", epsilon)
 
-    def step(g, s, lr, t):
+    def update(g, new, lr, t):
+        del g
         alpha = lr * jnp.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        v = new["vhat"] if amsgrad else new["v"]
+        return -alpha * new["m"] / (jnp.sqrt(v) + epsilon)
+
+    def step(g, s, lr, t):
         m = s["m"] + (g - s["m"]) * (1 - beta_1)
         v = s["v"] + (jnp.square(g) - s["v"]) * (1 - beta_2)
         new = {"m": m, "v": v}
         if amsgrad:
             new["vhat"] = jnp.maximum(s["vhat"], v)
-            v = new["vhat"]
-        return -alpha * m / (jnp.sqrt(v) + epsilon), new
+        return update(g, new, lr, t), new
 
     return Rule(slots=("m", "v") + (("vhat",) if amsgrad else ()), step=step,
-                nonnegative=("v", "vhat"))
+                nonnegative=("v", "vhat"), update=update)
 
 
 def adam(

@@ -20,7 +20,7 @@ class LionState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed             # the momentum m, like params
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -89,8 +89,15 @@ def lion(
         momentum = s["momentum"] * beta_2 + g * (1.0 - beta_2)
         return -(lr * direction), {"momentum": momentum}
 
+    def update(g, new, lr, t):
+        # The same direction from the new momentum m' = beta_2 m + (1 - beta_2) g:
+        # beta_1 m + (1 - beta_1) g = (beta_1 m' + (beta_2 - beta_1) g) / beta_2.
+        del t
+        return -(lr * jnp.sign(new["momentum"] * beta_1 + g * (beta_2 - beta_1)))
+
     return elementwise_transform(
-        Rule(slots=("momentum",), step=step), LionState, learning_rate,
+        Rule(slots=("momentum",), step=step, update=update if beta_2 > 0 else None),
+        LionState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,

@@ -22,7 +22,7 @@ class RMSpropState(NamedTuple):
     rms: Packed                  # running mean of g^2, like params
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
     mg: Packed | None = None         # running mean of g, like params; None unless centered
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -85,22 +85,28 @@ def rmsprop(
     check_nonnegative("epsilon", epsilon)
     slots = ("rms",) + (("momentum",) if momentum else ()) + (("mg",) if centered else ())
 
-    def step(g, s, lr, t):
-        del t
-        new = {"rms": rho * s["rms"] + (1 - rho) * jnp.square(g)}
+    def increment(g, new, lr):
         if centered:
-            new["mg"] = rho * s["mg"] + (1 - rho) * g
             denominator = new["rms"] - jnp.square(new["mg"]) + epsilon
         else:
             denominator = new["rms"] + epsilon
-        increment = lr * g * jax.lax.rsqrt(denominator)
+        return lr * g * jax.lax.rsqrt(denominator)
+
+    def update(g, new, lr, t):
+        del t
+        return -new["momentum"] if momentum else -increment(g, new, lr)
+
+    def step(g, s, lr, t):
+        new = {"rms": rho * s["rms"] + (1 - rho) * jnp.square(g)}
+        if centered:
+            new["mg"] = rho * s["mg"] + (1 - rho) * g
         if momentum:
-            new["momentum"] = momentum * s["momentum"] + increment
-            return -new["momentum"], new
-        return -increment, new
+            new["momentum"] = momentum * s["momentum"] + increment(g, new, lr)
+        return update(g, new, lr, t), new
 
     return elementwise_transform(
-        Rule(slots=slots, step=step, nonnegative=("rms",)), RMSpropState, learning_rate,
+        Rule(slots=slots, step=step, nonnegative=("rms",), update=update), RMSpropState,
+        learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,

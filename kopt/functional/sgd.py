@@ -19,7 +19,7 @@ class SGDState(NamedTuple):
     count: jax.Array             # shape=(), int32: updates applied
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (bfloat16 state)
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -79,15 +79,15 @@ def sgd(
         and leave the state but `accum`/`micro_step` unchanged. `count` counts real
         updates; schedules read the raw call count `micro_step`, as Keras 3. Default None.
       state_dtype: how the per-parameter state is stored; the update is computed in
-        float32 (or the param's wider dtype) either way. None (default): the param's
-        dtype, at least float32. 'float32': float32. 'bfloat16': bfloat16 written back
-        with stochastic rounding, from a hash of (element, step, `state.seed`, slot), so
-        runs are reproducible and resume exactly (2 bytes per slot element). 'int8':
-        block-wise 8-bit quantisation (Dettmers et al., 2021): blocks of 2048 elements,
-        each with a float32 scale, and a signed dynamic map (an unsigned one for second
-        moments), about 1 byte per slot element; leaves smaller than
-        `min_quantized_size` keep float32 state. `ema` and `accum` stay full precision.
-        See `kopt.functional.quantize`.
+        float32 (or the state's wider dtype) either way. None (default): the param's
+        dtype, at least float32. 'float32': float32. 'bfloat16': 2 bytes per slot
+        element. 'int8': block-wise 8-bit quantisation (Dettmers et al., 2021) in blocks
+        of 2048 elements, each with a float32 scale, with a signed non-linear map (an
+        unsigned one for second moments): about 1 byte per slot element; leaves smaller
+        than `min_quantized_size` keep float32 state. Both round the new state
+        stochastically (unbiased), from a hash of (element, step, `state.seed`, slot), so
+        runs are reproducible and resume exactly. `ema` and `accum` stay full precision.
+        See `kopt.functional.quantize`. Default None.
       min_quantized_size: the smallest leaf, in elements, whose state 'int8' quantises.
         Default 2048 (one block).
 
@@ -103,15 +103,18 @@ def sgd(
     """
     check_unit_interval("momentum", momentum)
 
-    def step(g, slots, lr, t):
+    def update(g, new, lr, t):
         del t
+        v = new["momentum"]
+        return (-g * lr + v * momentum) if nesterov else v
+
+    def step(g, slots, lr, t):
         if not momentum:
             return -lr * g, {}
-        v = -g * lr + slots["momentum"] * momentum
-        delta = (-g * lr + v * momentum) if nesterov else v
-        return delta, {"momentum": v}
+        new = {"momentum": -g * lr + slots["momentum"] * momentum}
+        return update(g, new, lr, t), new
 
-    rule = Rule(slots=("momentum",) if momentum else (), step=step)
+    rule = Rule(slots=("momentum",) if momentum else (), step=step, update=update)
     return elementwise_transform(
         rule, SGDState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,

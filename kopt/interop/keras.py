@@ -41,6 +41,7 @@ import keras
 
 from kopt.functional.base import iteration_count
 from kopt.functional.buckets import Packed
+from kopt.functional.quantize import Quantized
 from kopt.stateful import registry
 from kopt.stateful.optimizer import Optimizer, _var_name
 
@@ -83,8 +84,13 @@ def _state_names(state, variables) -> list[str]:
         field = _path_name(path)
         if isinstance(node, Packed):
             names += [f"{field}_bucket_{b}" for b in range(len(node.buckets))]
-            names += [f"{_sanitize(_var_name(variables[i]))}_{field}"
-                      for i, leaf in enumerate(node.leaves) if leaf is not None]
+            for i, leaf in enumerate(node.leaves):
+                if leaf is None:
+                    continue
+                base = f"{_sanitize(_var_name(variables[i]))}_{field}"
+                # A block-wise quantised slot is two arrays: codes and scales.
+                names += ([base + "_codes", base + "_scales"] if isinstance(leaf, Quantized)
+                          else [base])
         else:
             names.append(field)
     return names

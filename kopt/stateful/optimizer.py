@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
 from kopt.stateful.variable import Variable
 
@@ -341,10 +342,29 @@ class Optimizer:
             self.build(variables)
         full = self._full_grads(grads, variables)
         new_values, self._state, self._iterations = self._step(
-            tuple(_read(v) for v in self._vars), self._state, full)
-        for v, value in zip(self._vars, new_values):
-            _write(v, value)
+            self._read_values(), self._state, full)
+        self._write_values(new_values)
         return self._iterations
+
+    def _plain(self) -> bool:
+        """Whether every variable is a `kopt.Variable` (read and written directly)."""
+        key = self.__dict__.get("_plain_key")
+        if key is None or key[0] is not self._vars:
+            key = self._plain_key = (self._vars, all(type(v) is Variable for v in self._vars))
+        return key[1]
+
+    def _read_values(self):
+        if self._plain():   # no per-variable function call on the hot path
+            return tuple([v._value for v in self._vars])
+        return tuple([_read(v) for v in self._vars])
+
+    def _write_values(self, new_values):
+        if self._plain():
+            for v, value in zip(self._vars, new_values):
+                v._value = value
+        else:
+            for v, value in zip(self._vars, new_values):
+                _write(v, value)
 
     def _full_grads(self, grads, variables):
         """Gradients as a tuple aligned with the built variables (None where absent).
@@ -410,9 +430,8 @@ class Optimizer:
 
             fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
         loss, new_values, self._state, self._iterations = fn(
-            tuple(_read(v) for v in self._vars), self._state, *args)
-        for v, value in zip(self._vars, new_values):
-            _write(v, value)
+            self._read_values(), self._state, *args)
+        self._write_values(new_values)
         return loss
 
     def stateless_apply(self, state, grads, values):
@@ -523,6 +542,14 @@ class Optimizer:
     def _slot_leaf(field, j):
         return field.leaf(j) if isinstance(field, Packed) else field[j]
 
+    @staticmethod
+    def _entry_arrays(leaf) -> list:
+        """The `get_weights` arrays of one slot entry: the array itself, or, for a
+        quantised entry (int8 state), its codes and then its block scales."""
+        if isinstance(leaf, Quantized):
+            return [leaf.codes, leaf.absmax]
+        return [leaf]
+
     def _slot_entries(self, slots):
         """`(slot, variable index)` for each per-variable entry, in `get_weights` order.
 
@@ -542,8 +569,9 @@ class Optimizer:
         scalars, slots = self._weight_fields()
         out = [jnp.copy(self._state.count)]
         out.extend(jnp.copy(getattr(self._state, name)) for name in scalars)
-        out.extend(jnp.copy(self._slot_leaf(getattr(self._state, name), j))
-                   for name, j in self._slot_entries(slots))
+        for name, j in self._slot_entries(slots):
+            leaf = self._slot_leaf(getattr(self._state, name), j)
+            out.extend(jnp.copy(a) for a in self._entry_arrays(leaf))
         return out
 
     @property
@@ -564,6 +592,17 @@ class Optimizer:
         scalar (after the iteration count and any optimizer scalar), and the gradient
         accumulator `accum` is the last per-variable slot; with `use_ema`, the moving
         average `ema` is a per-variable slot after the optimizer's slots (before `accum`).
+
+        Low-precision state (`state_dtype`): with 'bfloat16' the slots are bfloat16
+        arrays and the stochastic-rounding `seed` (uint32) is a scalar after the
+        iteration count (before `micro_step`). With 'int8', the slot entry of each
+        quantised variable (at least `min_quantized_size` elements) is two consecutive
+        arrays instead of one: its codes, int8 (signed map) or uint8 (unsigned map,
+        second moments) of shape `(nblocks, 2048)`, then its block scales, float32 of
+        shape `(nblocks,)`, with `nblocks = ceil(size / 2048)`. The slot's value is
+        `kopt.functional.quantize.decode(codes) * scales[:, None]`, flattened, its first
+        `size` elements reshaped like the variable. Smaller variables keep one float32
+        array. `set_weights` loads this layout back exactly.
         """
         if not self.built:
             return []
@@ -579,12 +618,17 @@ class Optimizer:
         scalars, names = self._weight_fields()
         entries = self._slot_entries(names)
         n = len(self._vars)
-        expected = 1 + len(scalars) + len(entries)
+        current = [self._slot_leaf(getattr(self._state, name), j) for name, j in entries]
+        n_quantized = sum(isinstance(leaf, Quantized) for leaf in current)
+        expected = 1 + len(scalars) + len(entries) + n_quantized
         if len(weights) != expected:
             shared = f"{len(scalars)} scalar(s) {scalars}, then " if scalars else ""
+            quantized = (f", {n_quantized} of them quantised (codes and scales)"
+                         if n_quantized else "")
             raise ValueError(
                 f"set_weights expected a list of {expected} arrays (iterations, then {shared}"
-                f"{len(names)} slot(s) {names} for each of {n} variables); received {len(weights)}."
+                f"{len(names)} slot(s) {names} for each of {n} variables{quantized}); "
+                f"received {len(weights)}."
             )
         count = np.asarray(weights[0])
         if count.shape != () or not (np.issubdtype(count.dtype, np.integer)
@@ -595,8 +639,8 @@ class Optimizer:
                 f"Received shape {count.shape}, dtype {count.dtype}."
             )
 
-        def real(w, k, what):
-            if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+        def real(w, k, what):   # jnp.issubdtype knows bfloat16 is a float
+            if not (jnp.issubdtype(w.dtype, jnp.floating) or np.issubdtype(w.dtype, np.integer)):
                 raise ValueError(
                     f"set_weights: entry {k} ({what}) has dtype {w.dtype}; expected a real "
                     "number array."
@@ -611,18 +655,33 @@ class Optimizer:
                 )
             real(w, k, name)
             new[name] = jnp.asarray(w, getattr(self._state, name).dtype)
-        leaves = {name: [None] * n for name in names}
-        for k, (name, j) in enumerate(entries, start=1 + len(scalars)):
-            v = self._vars[j]
-            like = self._slot_leaf(getattr(self._state, name), j)
+        def array(k, like, what):
             w = np.asarray(weights[k])
             if w.shape != like.shape:
                 raise ValueError(
-                    f"set_weights: entry {k} ({name} of variable {_var_name(v)!r}) has shape "
-                    f"{w.shape}, expected {like.shape}."
-                )
-            real(w, k, f"{name} of variable {_var_name(v)!r}")
-            leaves[name][j] = w
+                    f"set_weights: entry {k} ({what}) has shape {w.shape}, expected {like.shape}.")
+            real(w, k, what)
+            return w
+
+        leaves = {name: [None] * n for name in names}
+        k = 1 + len(scalars)
+        for (name, j), like in zip(entries, current):
+            what = f"{name} of variable {_var_name(self._vars[j])!r}"
+            if not isinstance(like, Quantized):
+                leaves[name][j] = array(k, like, what)
+                k += 1
+                continue
+            codes = array(k, like.codes, what + ", codes")
+            info = np.iinfo(like.codes.dtype)
+            if not np.issubdtype(codes.dtype, np.integer) or (
+                    codes.size and (codes.min() < info.min or codes.max() > info.max)):
+                raise ValueError(
+                    f"set_weights: entry {k} ({what}, codes) must hold integers in "
+                    f"[{info.min}, {info.max}] ({like.codes.dtype}).")
+            scales = array(k + 1, like.absmax, what + ", block scales")
+            leaves[name][j] = Quantized(jnp.asarray(codes, like.codes.dtype),
+                                        jnp.asarray(scales, jnp.float32), like.shape, like.signed)
+            k += 2
         for name in names:
             field = getattr(self._state, name)
             if isinstance(field, Packed):
