@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adabelief", "AdaBeliefState"]
@@ -20,6 +21,7 @@ class AdaBeliefState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     m: Packed                    # first moment, like params
     s: Packed                    # second moment of g - m (plus epsilon), like params
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -42,6 +44,8 @@ def adabelief(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""AdaBelief: Adam whose second moment tracks :math:`(g - m)^2`, the "belief".
 
@@ -66,7 +70,8 @@ def adabelief(
       epsilon: see above. Default 1e-16, the paper's.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     State: `AdaBeliefState` with slots `m`, `s` (also the stateful `get_weights` order
     after the iteration count).
@@ -94,11 +99,13 @@ def adabelief(
         s_hat = s / (1 - beta_2**t)
         return -lr * m_hat / (jnp.sqrt(s_hat) + epsilon), {"m": m, "s": s}
 
+    rule = Rule(slots=("m", "s"), step=step, nonnegative=("s",))
     return elementwise_transform(
-        Rule(slots=("m", "s"), step=step), AdaBeliefState, learning_rate,
+        rule, AdaBeliefState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adadelta", "AdadeltaState"]
@@ -20,6 +21,7 @@ class AdadeltaState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     accum_grad: Packed           # running mean of g^2, like params
     accum_var: Packed            # running mean of the squared step, like params
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -41,6 +43,8 @@ def adadelta(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Adadelta with Keras 3's formula, scaled by a learning rate.
 
@@ -59,7 +63,8 @@ def adadelta(
       epsilon: added inside both square roots. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -81,11 +86,14 @@ def adadelta(
         accum_var = rho * s["accum_var"] + (1 - rho) * (delta * delta)
         return lr * delta, {"accum_grad": accum_grad, "accum_var": accum_var}
 
+    rule = Rule(slots=("accum_grad", "accum_var"), step=step,
+                nonnegative=("accum_grad", "accum_var"))
     return elementwise_transform(
-        Rule(slots=("accum_grad", "accum_var"), step=step), AdadeltaState, learning_rate,
+        rule, AdadeltaState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

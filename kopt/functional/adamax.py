@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adamax", "AdamaxState"]
@@ -20,6 +21,7 @@ class AdamaxState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     m: Packed                    # first moment, like params (Keras 3: "momentum")
     v: Packed                    # decayed infinity norm of g, like params (Keras 3: "norm")
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -42,6 +44,8 @@ def adamax(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Adamax, the infinity-norm variant of Adam, with Keras 3's formula.
 
@@ -59,7 +63,8 @@ def adamax(
       epsilon: added to the norm. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -80,11 +85,13 @@ def adamax(
         v = jnp.maximum(beta_2 * s["v"], jnp.abs(g))
         return -(lr * m) / ((1 - beta_1**t) * (v + epsilon)), {"m": m, "v": v}
 
+    rule = Rule(slots=("m", "v"), step=step, nonnegative=("v",))
     return elementwise_transform(
-        Rule(slots=("m", "v"), step=step), AdamaxState, learning_rate,
+        rule, AdamaxState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adan", "AdanState"]
@@ -22,6 +23,7 @@ class AdanState(NamedTuple):
     v: Packed                    # EMA of the gradient differences, like params
     n: Packed                    # EMA of the squared Nesterov gradient, like params
     prev_grad: Packed            # the previous step's gradient, like params
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -45,6 +47,8 @@ def adan(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Adan: Adam-like steps on a Nesterov momentum estimated from gradient differences.
 
@@ -79,7 +83,8 @@ def adan(
       epsilon: added to the bias-corrected root. Default 1e-8.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     State: `AdanState` with slots `m`, `v`, `n`, `prev_grad` (also the stateful
     `get_weights` order after the iteration count).
@@ -110,11 +115,13 @@ def adan(
         delta = -lr * direction / (jnp.sqrt(n / (1 - beta_3**t)) + epsilon)
         return delta, {"m": m, "v": v, "n": n, "prev_grad": g}
 
+    rule = Rule(slots=("m", "v", "n", "prev_grad"), step=step, nonnegative=("n",))
     return elementwise_transform(
-        Rule(slots=("m", "v", "n", "prev_grad"), step=step), AdanState, learning_rate,
+        rule, AdanState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

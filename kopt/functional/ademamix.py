@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["ademamix", "AdEMAMixState"]
@@ -22,6 +23,7 @@ class AdEMAMixState(NamedTuple):
     m1: Packed                   # fast EMA of the gradients, like params
     m2: Packed                   # slow EMA of the gradients, like params
     nu: Packed                   # second moment, like params
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -53,6 +55,8 @@ def ademamix(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""AdEMAMix: Adam's step plus :math:`\alpha` times a slow, uncorrected gradient EMA.
 
@@ -93,7 +97,8 @@ def ademamix(
         :math:`0 < \beta_3 < 1` and :math:`\beta_1 < 1`. Default None.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     State: `AdEMAMixState` with slots `m1`, `m2`, `nu` (also the stateful `get_weights`
     order after the iteration count).
@@ -146,11 +151,13 @@ def ademamix(
         delta = -lr * direction / (jnp.sqrt(nu / (1 - beta_2**t)) + epsilon)
         return delta, {"m1": m1, "m2": m2, "nu": nu}
 
+    rule = Rule(slots=("m1", "m2", "nu"), step=step, nonnegative=("nu",))
     return elementwise_transform(
-        Rule(slots=("m1", "m2", "nu"), step=step), AdEMAMixState, learning_rate,
+        rule, AdEMAMixState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["nadam", "NadamState"]
@@ -23,6 +24,7 @@ class NadamState(NamedTuple):
     momentum_cache: jax.Array    # shape=(), float32: prod of mu_1..mu_count (Keras's u_product)
     m: Packed                    # first moment, like params (Keras 3: "momentum")
     v: Packed                    # second moment, like params (Keras 3: "velocity")
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -45,6 +47,8 @@ def nadam(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Nadam (Adam with Nesterov momentum) with Keras 3's momentum schedule.
 
@@ -69,7 +73,8 @@ def nadam(
       epsilon: added to the bias-corrected root. Default 1e-7.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     Example:
       >>> import jax.numpy as jnp, kopt
@@ -103,7 +108,8 @@ def nadam(
         v_hat = v / (1 - beta_2**t)
         return -(m_hat * lr) / (jnp.sqrt(v_hat) + epsilon), {"m": m, "v": v}
 
-    rule = Rule(slots=("m", "v"), step=step, scalars={"momentum_cache": 1.0}, advance=advance)
+    rule = Rule(slots=("m", "v"), step=step, scalars={"momentum_cache": 1.0}, advance=advance,
+                nonnegative=("v",))
     return elementwise_transform(
         rule, NadamState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
@@ -111,4 +117,5 @@ def nadam(
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

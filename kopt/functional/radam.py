@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["radam", "RAdamState"]
@@ -21,6 +22,7 @@ class RAdamState(NamedTuple):
     learning_rate: jax.Array     # shape=(), float32: rate of the next update
     m: Packed                    # first moment, like params
     v: Packed                    # second moment, like params
+    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
     ema: Packed | None = None          # EMA of the params (use_ema), like params
     accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
@@ -71,6 +73,8 @@ def radam(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: str | None = None,
+    min_quantized_size: int = MIN_QUANTIZED_SIZE,
 ) -> Transform:
     r"""Rectified Adam (RAdam): SGD with momentum until Adam's step variance is tractable.
 
@@ -105,7 +109,8 @@ def radam(
         of the paper says :math:`\rho_t > 4`).
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
-      loss_scale_factor, gradient_accumulation_steps: as in `kopt.functional.sgd`.
+      loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: as
+      in `kopt.functional.sgd`.
 
     State: `RAdamState` with slots `m`, `v` (this is also the stateful `get_weights`
     order after the iteration count).
@@ -149,11 +154,13 @@ def radam(
         factor = jnp.where(rho_t >= threshold, adaptive, jnp.ones_like(adaptive))
         return -lr * m_hat * factor, {"m": m, "v": v}
 
+    rule = Rule(slots=("m", "v"), step=step, nonnegative=("v",))
     return elementwise_transform(
-        Rule(slots=("m", "v"), step=step), RAdamState, learning_rate,
+        rule, RAdamState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )

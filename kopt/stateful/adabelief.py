@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kopt.functional.adabelief import adabelief
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["AdaBelief"]
@@ -15,6 +16,8 @@ class AdaBelief(Optimizer):
     The update rule, arguments and defaults are those of `kopt.functional.adabelief` (whose
     docstring gives the maths and the reference); the rest is the
     `kopt.optimizers.Optimizer` facade.
+    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
+    element; see `kopt.functional.sgd` and `get_weights` for the layout.
 
     `get_weights()` order: the iteration count, then every variable's `m`, then every
     variable's `s`.
@@ -47,11 +50,14 @@ class AdaBelief(Optimizer):
         gradient_accumulation_steps=None,
         name=None,
         bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        state_dtype=None,
+        min_quantized_size=MIN_QUANTIZED_SIZE,
         **kwargs,
     ):
         super().__init__(
             learning_rate=learning_rate,
-            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon),
+            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                       state_dtype=state_dtype, min_quantized_size=min_quantized_size),
             weight_decay=weight_decay,
             clipnorm=clipnorm,
             clipvalue=clipvalue,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kopt import functional
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["Adadelta"]
@@ -14,6 +15,8 @@ class Adadelta(Optimizer):
 
     The update rule, arguments and defaults are those of `kopt.functional.adadelta` (whose
     docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
+    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
+    element; see `kopt.functional.sgd` and `get_weights` for the layout.
 
     `get_weights()`: `[iterations, accum_grad of every variable, accum_var of every variable]`.
 
@@ -44,11 +47,14 @@ class Adadelta(Optimizer):
         gradient_accumulation_steps=None,
         name=None,
         bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        state_dtype=None,
+        min_quantized_size=MIN_QUANTIZED_SIZE,
         **kwargs,
     ):
         super().__init__(
             learning_rate=learning_rate,
-            hyper=dict(rho=rho, epsilon=epsilon),
+            hyper=dict(rho=rho, epsilon=epsilon,
+                       state_dtype=state_dtype, min_quantized_size=min_quantized_size),
             weight_decay=weight_decay,
             clipnorm=clipnorm,
             clipvalue=clipvalue,

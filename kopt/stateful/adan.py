@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kopt.functional.adan import adan
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["Adan"]
@@ -15,6 +16,8 @@ class Adan(Optimizer):
     The update rule, arguments and defaults are those of `kopt.functional.adan` (whose
     docstring gives the maths and the reference); the rest is the
     `kopt.optimizers.Optimizer` facade.
+    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
+    element; see `kopt.functional.sgd` and `get_weights` for the layout.
 
     `get_weights()` order: the iteration count, then slot by slot: every variable's `m`,
     every variable's `v`, every variable's `n`, every variable's `prev_grad`.
@@ -48,11 +51,14 @@ class Adan(Optimizer):
         gradient_accumulation_steps=None,
         name=None,
         bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        state_dtype=None,
+        min_quantized_size=MIN_QUANTIZED_SIZE,
         **kwargs,
     ):
         super().__init__(
             learning_rate=learning_rate,
-            hyper=dict(beta_1=beta_1, beta_2=beta_2, beta_3=beta_3, epsilon=epsilon),
+            hyper=dict(beta_1=beta_1, beta_2=beta_2, beta_3=beta_3, epsilon=epsilon,
+                       state_dtype=state_dtype, min_quantized_size=min_quantized_size),
             weight_decay=weight_decay,
             clipnorm=clipnorm,
             clipvalue=clipvalue,

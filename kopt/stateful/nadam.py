@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kopt import functional
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
+from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["Nadam"]
@@ -14,6 +15,8 @@ class Nadam(Optimizer):
 
     The update rule, arguments and defaults are those of `kopt.functional.nadam` (whose
     docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
+    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
+    element; see `kopt.functional.sgd` and `get_weights` for the layout.
 
     `get_weights()`: `[iterations, momentum_cache, m of every variable, v of every variable]`;
     `momentum_cache` is the 0-d running product of the momentum schedule.
@@ -46,11 +49,14 @@ class Nadam(Optimizer):
         gradient_accumulation_steps=None,
         name=None,
         bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
+        state_dtype=None,
+        min_quantized_size=MIN_QUANTIZED_SIZE,
         **kwargs,
     ):
         super().__init__(
             learning_rate=learning_rate,
-            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon),
+            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                       state_dtype=state_dtype, min_quantized_size=min_quantized_size),
             weight_decay=weight_decay,
             clipnorm=clipnorm,
             clipvalue=clipvalue,
