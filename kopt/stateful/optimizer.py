@@ -960,8 +960,7 @@ class Optimizer:
         with LOCK:
             if not self.built:
                 return []
-            arrays = [jnp.copy(x) for x in self._legacy_arrays()]
-        return [np.asarray(x) for x in arrays]
+            return [np.array(x) for x in self._legacy_arrays()]
 
     def _legacy_arrays(self) -> list:
         scalars, slots = self._weight_fields()
