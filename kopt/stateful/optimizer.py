@@ -689,7 +689,7 @@ class Optimizer:
                 f"to {type(self).__name__}().variables. Received list with length "
                 f"{len(optimizer_variables)}, but expected {len(entries)} variables.")
         flat = [getattr(v, "value", v) for v in optimizer_variables]
-        state = _unflatten_entries(entries, flat, self._state)
+        state = self._unflatten(entries, flat)
         updates, state = self._transform.update(grads, state, values)
         return (list(apply_updates(values, updates)),
                 [_entry_value(state, e) for e in entries])
@@ -745,7 +745,8 @@ class Optimizer:
         it = self.__dict__.get("_iterations_var")
         if it is None:
             it = self._iterations_var = OptimizerVariable(
-                "iteration", f"{self.name}/iteration", read=self._read_iterations)
+                "iteration", f"{self.name}/iteration", read=self._read_iterations,
+                write=functools.partial(self._write_entry, ("count", None, None)))
         return it
 
     def _read_iterations(self):
@@ -851,36 +852,55 @@ class Optimizer:
             return [(name, j) for j in range(n) for name in slots]
         return [(name, j) for name in slots for j in range(n)]
 
+    _keras_slot_groups: tuple[tuple[str, ...], ...] = ()
+    """Groups of state fields that Keras creates in one `add_optimizer_variables` call
+    (listed variable by variable, e.g. Adam's `(("m", "v"), ("vhat",))`); a field in no
+    group is created on its own, for all variables, in field order."""
+
+    _keras_slot_names: dict[str, str] = {}
+    """Keras's names for this optimizer's state fields, where they differ from
+    `_KERAS_SLOT_NAMES` (e.g. RMSprop's `rms` is Keras's `velocity`)."""
+
     def _keras_entries(self) -> list[tuple]:
         """What `variables` lists, in Keras 3's order: `(field, variable index, part)`.
 
-        The iteration count, the learning rate unless it is a schedule, then for each
-        variable its slots (EMA average and gradient accumulator first, as Keras builds
-        them), then the optimizer's other scalars. A quantised slot gives two entries, its
-        codes and its scales; a slot entry that holds nothing (None) gives none.
+        The iteration count (with gradient accumulation, the raw call count, as Keras's
+        `iteration` variable), the learning rate unless it is a schedule, then the slots
+        in Keras's creation order: the EMA averages and gradient accumulators, then the
+        optimizer's groups (see `_keras_slot_groups`), each group variable by variable;
+        last, the optimizer's other scalars. A quantised slot gives two entries, its codes
+        and its scales; a slot entry that holds nothing (None) gives none.
         """
-        entries = [("count", None, None)]
+        scalars, slots = self._weight_fields()
+        counter = "micro_step" if "micro_step" in scalars else "count"
+        entries = [(counter, None, None)]
         if not callable(self._learning_rate):
             entries.append(("learning_rate", None, None))
-        scalars, slots = self._weight_fields()
-        order = [f for f in ("ema", "accum") if f in slots]
-        order += [f for f in slots if f not in order]
-        for j in range(len(self._vars)):
-            for f in order:
-                leaf = self._slot_leaf(getattr(self._state, f), j)
-                if isinstance(leaf, Quantized):
-                    entries += [(f, j, "codes"), (f, j, "absmax")]
-                elif leaf is not None:
-                    entries.append((f, j, None))
-        entries += [(f, None, None) for f in scalars]
+        groups = [(f,) for f in ("ema", "accum") if f in slots]
+        emitted = {"ema", "accum"}
+        for f in slots:
+            if f not in emitted:
+                group = next((g for g in self._keras_slot_groups if f in g), (f,))
+                groups.append(tuple(x for x in group if x in slots))
+                emitted.update(group)
+        for group in groups:
+            for j in range(len(self._vars)):
+                for f in group:
+                    leaf = self._slot_leaf(getattr(self._state, f), j)
+                    if isinstance(leaf, Quantized):
+                        entries += [(f, j, "codes"), (f, j, "absmax")]
+                    elif leaf is not None:
+                        entries.append((f, j, None))
+        entries += [(f, None, None) for f in scalars if f != counter]
         return entries
 
     def _entry_name(self, entry) -> str:
         field, j, part = entry
         if j is None:
-            return {"count": "iteration"}.get(field, field)
-        base = _var_name(self._vars[j]).replace("/", "_")
-        name = f"{base}_{_KERAS_SLOT_NAMES.get(field, field)}"
+            return "iteration" if field in ("count", "micro_step") else field
+        base = _var_name(self._vars[j]).split("/")[-1]
+        slot = self._keras_slot_names.get(field) or _KERAS_SLOT_NAMES.get(field, field)
+        name = f"{base}_{slot}"
         return name if part is None else f"{name}_{'scales' if part == 'absmax' else part}"
 
     @property
@@ -894,8 +914,9 @@ class Optimizer:
         with LOCK:
             if not self.built:
                 return []
-            out = [self.iterations]
-            for entry in self._keras_entries()[1:]:
+            entries = self._keras_entries()
+            out = [self.iterations] if entries[0][0] == "count" else []
+            for entry in entries[len(out):]:
                 name = self._entry_name(entry)
                 out.append(OptimizerVariable(
                     name, f"{self.name}/{name}",
@@ -907,6 +928,15 @@ class Optimizer:
     def weights(self) -> list[OptimizerVariable]:
         return self.variables
 
+    def _unflatten(self, entries, flat):
+        """The state with the arrays of `entries` replaced by `flat` (traceable). Under
+        gradient accumulation the update count follows the raw count, as in Keras."""
+        state = _unflatten_entries(entries, flat, self._state)
+        if entries[0][0] == "micro_step":
+            steps = self.gradient_accumulation_steps
+            state = state._replace(count=(state.micro_step // steps).astype(state.count.dtype))
+        return state
+
     def _read_entry(self, entry):
         with LOCK:
             return jnp.copy(_entry_value(self._state, entry))
@@ -915,15 +945,20 @@ class Optimizer:
         with LOCK:
             like = _entry_value(self._state, entry)
             new = _host_array(value, f"optimizer variable {self._entry_name(entry)!r}", like)
-            if entry[0] == "count":
+            if entry[0] in ("count", "micro_step"):
                 _check_count(new, "iterations")
             elif entry[0] == "learning_rate":
                 if callable(self._learning_rate):
                     raise TypeError("The learning rate is a schedule; it cannot be assigned.")
                 _checked_rate(new)
-            flat = [_entry_value(self._state, e) for e in self._keras_entries()]
-            flat[self._keras_entries().index(entry)] = jnp.array(new, like.dtype)
-            state = self._on_mesh(_unflatten_entries(self._keras_entries(), flat, self._state))
+            entries = self._keras_entries()
+            if entry not in entries:   # `iterations` under gradient accumulation
+                state = self._state._replace(count=jnp.array(new, like.dtype))
+            else:
+                flat = [_entry_value(self._state, e) for e in entries]
+                flat[entries.index(entry)] = jnp.array(new, like.dtype)
+                state = self._unflatten(entries, flat)
+            state = self._on_mesh(state)
             self._state, self._iterations = state, jnp.copy(state.count)
             if entry[0] == "learning_rate":
                 self._learning_rate = float(new)
