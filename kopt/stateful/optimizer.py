@@ -257,13 +257,14 @@ class Optimizer:
     # ----------------------------------------------------------------- pickling
     def __getstate__(self):
         """Pickle the configuration, the variables and the state; not the compiled step."""
-        d = {k: v for k, v in self.__dict__.items()
-             if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids",
-                          "_iterations_var", "_plain_key")}
-        if self._state is not None:
-            d["_state"] = jax.device_get(self._state)
-            d["_iterations"] = None
-        return d
+        with LOCK:   # a consistent snapshot, also from another thread
+            d = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_transform", "_step", "_minimize_cache", "_index",
+                              "_exclude_ids", "_iterations_var", "_plain_key")}
+            if self._state is not None:
+                d["_state"] = jax.device_get(self._state)
+                d["_iterations"] = None
+            return d
 
     def __setstate__(self, d):
         self.__dict__.update(d)
