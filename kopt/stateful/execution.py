@@ -98,6 +98,10 @@ class CompiledStep:
         self.kept = jax.jit(fn)
         self._callbacks: bool | None = None   # decided on the first call
 
+    def _cache_size(self) -> int:
+        """How many executables the two jits hold (for no-recompile checks)."""
+        return self.donated._cache_size() + self.kept._cache_size()
+
     def may_fail_while_running(self, args) -> bool:
         """Whether an error can be raised after dispatch: host callbacks in the step, or
         JAX's NaN/Inf checks."""

@@ -12,7 +12,7 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
-from kopt.stateful.optimizer import Optimizer, _read, _tracing, _write
+from kopt.stateful.optimizer import Optimizer, _check_loss
 
 __all__ = ["LossScaleOptimizer"]
 
@@ -171,36 +171,23 @@ class LossScaleOptimizer(Optimizer):
     def minimize(self, loss_fn, variables, *args):
         """One compiled step on `loss_fn(values, *args) * dynamic_scale`; returns the loss
         (unscaled)."""
-        if _tracing():
-            raise RuntimeError(
-                "minimize() cannot be called inside a JAX transformation (jit, grad, vmap...). "
-                "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code.")
-        variables = list(variables)
-        if not self.built:
-            self.build(variables)
-        elif [id(v) for v in variables] != [id(v) for v in self._vars]:
-            raise ValueError(
-                "minimize() must be called with the variables the optimizer was built with.")
         self._sync()
-        fn = self._minimize_cache.get(loss_fn)
-        if fn is None:
-            tx = self._transform
+        return super().minimize(loss_fn, variables, *args)
 
-            def run(values, state, *a):
-                def scaled(vals):
-                    loss = loss_fn(list(vals), *a)
-                    return _times(loss, state.dynamic_scale), loss
+    def _loss_step_fn(self, loss_fn):
+        tx = self._transform
 
-                (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
-                updates, state = tx.update(grads, state, values)
-                return loss, apply_updates(values, updates), state, jnp.copy(state.count)
+        def run(values, state, *a):
+            def scaled(vals):
+                loss = loss_fn(list(vals), *a)
+                _check_loss(loss)
+                return _times(loss, state.dynamic_scale), loss
 
-            fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
-        loss, new_values, self._state, self._iterations = fn(
-            tuple(_read(v) for v in self._vars), self._state, *args)
-        for v, value in zip(self._vars, new_values):
-            _write(v, value)
-        return loss
+            (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
+            updates, state = tx.update(grads, state, values)
+            return loss, apply_updates(values, updates), state, jnp.copy(state.count)
+
+        return run
 
     def stateless_apply(self, state, grads, values):
         """The pure step for use inside jit: `(state, grads, values) -> (values, state)`.
@@ -253,10 +240,14 @@ class LossScaleOptimizer(Optimizer):
     # ----------------------------------------------------------------- weights
     @property
     def variables(self) -> list[jax.Array]:
+        """The arrays of `get_weights()`, in its order (snapshots)."""
+        return self._weight_arrays()
+
+    def _weight_arrays(self) -> list[jax.Array]:
         """`[iterations, step_counter, dynamic_scale, *inner slots]` (snapshots)."""
         if not self.built:
             return []
-        inner = self.inner_optimizer.variables
+        inner = self.inner_optimizer._weight_arrays()
         return [inner[0], jnp.copy(self._own[0]), jnp.copy(self._own[1]), *inner[1:]]
 
     def set_weights(self, weights) -> None:
@@ -268,7 +259,7 @@ class LossScaleOptimizer(Optimizer):
         if not isinstance(weights, (list, tuple)):
             raise TypeError(
                 f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
-        expected = 2 + len(self.inner_optimizer.variables)
+        expected = 2 + len(self.inner_optimizer._weight_arrays())
         if len(weights) != expected:
             raise ValueError(
                 f"set_weights expected a list of {expected} arrays (iterations, step_counter, "

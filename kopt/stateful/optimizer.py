@@ -421,11 +421,16 @@ class Optimizer:
                     "optimizer."
                 )
             # Everything is computed first and assigned last: a failure changes nothing.
-            mask = self._decay_mask(variables)
-            transform = self._make_transform(mask)
-            values = tuple(_read(v) for v in variables)
-            state = self._placed(transform.init(values), values)
+            # (`_vars` is set meanwhile: `_make_transform` may read it, as LARS does.)
             self._vars = tuple(variables)
+            try:
+                mask = self._decay_mask(variables)
+                transform = self._make_transform(mask)
+                values = tuple(_read(v) for v in variables)
+                state = self._placed(transform.init(values), values)
+            except BaseException:
+                self._vars = None
+                raise
             self._index = {id(v): i for i, v in enumerate(variables)}
             self._mask, self._transform = mask, transform
             self._state, self._iterations = state, jnp.copy(state.count)
@@ -996,9 +1001,10 @@ class Optimizer:
         with LOCK:
             if not self.built:
                 return []
-            return [np.array(x) for x in self._legacy_arrays()]
+            return [np.array(x) for x in self._weight_arrays()]
 
-    def _legacy_arrays(self) -> list:
+    def _weight_arrays(self) -> list:
+        """The live arrays `get_weights` lists (wrappers with other layouts override)."""
         scalars, slots = self._weight_fields()
         out = [self._state.count]
         out.extend(getattr(self._state, name) for name in scalars)
