@@ -162,6 +162,17 @@ def test_schedule_that_raises_when_set_is_not_half_applied():
     opt.apply_gradients(zip(_grads(), variables))
 
 
+def test_schedule_returning_nan_is_refused_at_build_and_changes_nothing():
+    opt = kopt.optimizers.SGD(lambda step: jnp.float32(jnp.nan))
+    variables = _variables()
+    before = [np.array(v) for v in variables]
+    with pytest.raises(ValueError, match="finite scalar"):
+        opt.apply_gradients(zip(_grads(), variables))
+    assert not opt.built
+    for a, v in zip(before, variables):
+        np.testing.assert_array_equal(a, np.array(v))
+
+
 def test_invalid_weight_decay_regex_is_refused_before_build():
     opt = kopt.optimizers.AdamW(0.1)
     with pytest.raises(ValueError, match="regular expressions"):

@@ -428,6 +428,8 @@ class Optimizer:
                 transform = self._make_transform(mask)
                 values = tuple(_read(v) for v in variables)
                 state = self._placed(transform.init(values), values)
+                if callable(self._learning_rate):   # a schedule's first rate, checked once
+                    _checked_rate(jax.device_get(state.learning_rate))
             except BaseException:
                 self._vars = None
                 raise
