@@ -21,4 +21,4 @@ def test_nnx_state_as_gradients_suggests_tree_leaves():
     assert not opt.built
     opt.apply(jax.tree.leaves(grads), variables)   # the suggested route works
     assert int(opt.iterations) == 1
-    np.testing.assert_allclose(np.asarray(model.bias.value), -0.1 * np.ones(2), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.bias[...]), -0.1 * np.ones(2), rtol=1e-6)
