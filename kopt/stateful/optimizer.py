@@ -1062,21 +1062,23 @@ class Optimizer:
         leaves = {name: [None] * n for name in names}
         k = 1 + len(scalars)
         for (name, j), like in zip(entries, current):
-            what = f"entry {k} ({name} of variable {_var_name(self._vars[j])!r})"
+            desc = f"{name} of variable {_var_name(self._vars[j])!r}"
             if like is None:
                 continue
             if not isinstance(like, Quantized):
-                leaves[name][j] = jnp.array(_host_array(weights[k], what, like), like.dtype)
+                leaves[name][j] = jnp.array(
+                    _host_array(weights[k], f"entry {k} ({desc})", like), like.dtype)
                 k += 1
                 continue
-            codes = _host_array(weights[k], what + ", codes", like.codes)
+            codes = _host_array(weights[k], f"entry {k} ({desc}, codes)", like.codes)
             info = np.iinfo(like.codes.dtype)
             if not np.issubdtype(codes.dtype, np.integer) or (
                     codes.size and (codes.min() < info.min or codes.max() > info.max)):
                 raise ValueError(
-                    f"set_weights: {what}, codes, must hold integers in "
+                    f"set_weights: entry {k} ({desc}, codes) must hold integers in "
                     f"[{info.min}, {info.max}] ({like.codes.dtype}).")
-            scales = _host_array(weights[k + 1], f"entry {k + 1} (block scales)", like.absmax)
+            scales = _host_array(weights[k + 1], f"entry {k + 1} ({desc}, block scales)",
+                                 like.absmax)
             leaves[name][j] = Quantized(jnp.array(codes, like.codes.dtype),
                                         jnp.array(scales, jnp.float32), like.shape, like.signed)
             k += 2
