@@ -1,0 +1,118 @@
+"""kopt across processes: 2 processes x 4 CPU devices, joined by `jax.distributed`.
+
+Each worker script (`tests/multiprocess/worker_*.py`) runs many cases in one process pair,
+and once more as one process on 8 devices: both build the same global mesh over 8
+devices and must compute the same numbers. A run is made once per session and shared by
+the tests reading it, also under pytest-xdist (`tests/multiprocess/shared.py`).
+See `tests/multiprocess/harness.py` for how processes are started and stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.multiprocess.harness import WorkerError, run_single, run_workers
+from tests.multiprocess.shared import cached_run
+
+HERE = Path(__file__).parent / "multiprocess"
+LAYOUTS = ["dp", "mp", "2d", "zero1"]
+CORE = ["adam", "adamw_clip", "lion", "adafactor", "partition", "adam_bf16", "lion_bf16"]
+OPTIONAL = ["muon", "adam_int8"]
+# Known failures under Explicit mesh axes when a param is split over the "model" axis
+# (layouts mp and 2d), in code other engineers own; an xfail turns into a failure (strict)
+# once fixed, so the list stays honest.
+KNOWN = {
+    "muon": "kopt/functional/muon.py: orthogonalize's x @ x.T contracts a split dimension "
+            "(ShardingTypeError: give out_sharding)",
+    "adam_int8": "kopt/functional/quantize.py: blockwise_step reshapes a split param "
+                 "(ShardingTypeError: give out_sharding)",
+}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory, worker_id):
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist every worker's basetemp is a subfolder of this run's shared one.
+    return (base.parent if worker_id != "master" else base) / "kopt_multiprocess"
+
+
+# ------------------------------------------------------------------ the harness itself
+@pytest.mark.parametrize("mode", ["fail1", "hang"])
+def test_harness_stops_every_process_and_shows_their_output(tmp_path, mode):
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        run_workers(HERE / "worker_misbehave.py", 2, 1, args=[mode], timeout=8,
+                    out_dir=tmp_path)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert elapsed < 30, elapsed
+    assert "process 0 of 2 started" in message and "process 1 of 2 started" in message
+    if mode == "fail1":
+        assert "failed" in message and "exit status 3" in message
+        assert "process 1 fails on purpose" in message
+        assert elapsed < 8   # it did not wait for the timeout
+    else:
+        assert "timed out after 8 s" in message
+    for i in range(2):
+        pids = [int(p) for p in (tmp_path / f"pids_{i}.txt").read_text().split()]
+        deadline = time.monotonic() + 5
+        while any(map(_pid_alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_pid_alive, pids)), f"process {i} or its child survived: {pids}"
+
+
+# ------------------------------------------------------------------ functional layer
+@pytest.fixture(scope="session")
+def functional_runs(runs_root):
+    """(one process x 8 devices, [process 0, process 1] of 2 x 4), Explicit mesh axes."""
+    args = [",".join(LAYOUTS)]
+    script = HERE / "worker_functional.py"
+    one = cached_run(runs_root, "functional_1x8", lambda d: [run_single(script, 8, args, out_dir=d)])
+    two = cached_run(runs_root, "functional_2x4", lambda d: run_workers(script, 2, 4, args, out_dir=d))
+    return one[0], two
+
+
+def _case_keys(results, layout, case):
+    marker = f"[{case!r}]"
+    return sorted(k for k in results if k.startswith(f"{layout}/") and "/status/" not in k
+                  and k.split("/", 1)[1].startswith((f"params{marker}", f"state{marker}")))
+
+
+@pytest.mark.parametrize("case", CORE + OPTIONAL)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_functional_two_processes_equal_one(functional_runs, layout, case):
+    """4 steps over the global 8-device mesh: 2 processes x 4 devices give the numbers of
+    1 process x 8 devices, to float32 rounding, and the same on both processes."""
+    one, (p0, p1) = functional_runs
+    if case in OPTIONAL:
+        statuses = {str(r[f"{layout}/status/{case}"]) for r in (one, p0, p1)}
+        assert len(statuses) == 1, statuses   # the same outcome everywhere
+        status = statuses.pop()
+        if status != "ok":
+            if layout in ("mp", "2d") and status.startswith("ShardingTypeError"):
+                pytest.xfail(f"{KNOWN[case]}. Raised: {status[:200]}")
+            pytest.fail(f"{case} on layout {layout} raised {status}")
+    keys = _case_keys(one, layout, case)
+    assert len(keys) >= 5, keys   # every param, and state
+    assert keys == _case_keys(p0, layout, case)
+    for k in keys:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)   # every process: the same
+        a, b = p0[k].astype(np.float64), one[k].astype(np.float64)
+        assert a.shape == b.shape, k
+        if b.size:
+            scale = max(float(np.max(np.abs(b))), 1e-30)
+            err = float(np.max(np.abs(a - b))) / scale
+            assert err <= 2e-6, f"{k}: max |2 processes - 1 process| / max |x| = {err:.3g}"
