@@ -24,6 +24,7 @@ from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
+from kopt.stateful import multihost
 from kopt.stateful.variable import Variable
 
 __all__ = ["Optimizer"]
@@ -127,6 +128,7 @@ class Optimizer:
         d = {k: v for k, v in self.__dict__.items()
              if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids")}
         if self._state is not None:
+            multihost.check_picklable(self._state, f"optimizer {self.name!r}")
             d["_state"] = jax.device_get(self._state)
             d["_iterations"] = None
         return d
@@ -475,7 +477,7 @@ class Optimizer:
     def learning_rate(self):
         """The learning rate the next update uses (a float32 0-d numpy array)."""
         if self._state is not None:
-            return np.asarray(self._state.learning_rate)
+            return multihost.to_host(self._state.learning_rate)
         lr = self._learning_rate
         return np.asarray(lr(0) if callable(lr) else lr, np.float32)
 
@@ -606,7 +608,7 @@ class Optimizer:
         """
         if not self.built:
             return []
-        return [np.asarray(x) for x in self.variables]
+        return multihost.to_host(self.variables)
 
     def set_weights(self, weights) -> None:
         """Load a list produced by `get_weights` (validated in full before any change)."""
@@ -688,12 +690,17 @@ class Optimizer:
                 new[name] = Packed.from_leaves(field.layout, leaves[name])
             else:
                 new[name] = tuple(jnp.asarray(w, a.dtype) for w, a in zip(leaves[name], field))
-        self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
-        if callable(self._learning_rate):
-            self._state = self._state._replace(
-                learning_rate=jnp.asarray(self._learning_rate(self._schedule_step()),
-                                          jnp.float32))
-        self._state = self._on_mesh(self._state)
+        old = self._state
+        try:   # placed like the old state (validated across processes) before it is kept
+            self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
+            if callable(self._learning_rate):
+                self._state = self._state._replace(
+                    learning_rate=jnp.asarray(self._learning_rate(self._schedule_step()),
+                                              jnp.float32))
+            self._state = multihost.from_host_tree(self._state, old, "set_weights")
+        except BaseException:
+            self._state = old
+            raise
         self._iterations = jnp.copy(self._state.count)
 
     # ----------------------------------------------------------------- config

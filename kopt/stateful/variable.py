@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kopt.stateful import multihost
+
 __all__ = ["Variable"]
 
 _uid = itertools.count()
@@ -69,12 +71,15 @@ class Variable:
         return self.assign(self._value - jnp.asarray(delta, self._value.dtype))
 
     def numpy(self) -> np.ndarray:
-        return np.asarray(self._value)
+        return multihost.to_host(self._value)
 
     def __array__(self, dtype=None, copy=None):
         if copy:
-            return np.array(self._value, dtype=dtype, copy=True)
-        return np.asarray(self._value, dtype=dtype)
+            return np.array(multihost.to_host(self._value), dtype=dtype, copy=True)
+        return np.asarray(multihost.to_host(self._value), dtype=dtype)
+
+    def __getstate__(self):
+        return multihost.variable_getstate(self)
 
     @property
     def shape(self) -> tuple[int, ...]:
