@@ -116,3 +116,84 @@ def test_functional_two_processes_equal_one(functional_runs, layout, case):
             scale = max(float(np.max(np.abs(b))), 1e-30)
             err = float(np.max(np.abs(a - b))) / scale
             assert err <= 2e-6, f"{k}: max |2 processes - 1 process| / max |x| = {err:.3g}"
+
+
+# ------------------------------------------------------------------ stateful facade
+@pytest.fixture(scope="session")
+def stateful_runs(runs_root):
+    """(one process x 8 devices, [process 0, process 1] of 2 x 4): see worker_stateful."""
+    script = HERE / "worker_stateful.py"
+    one = cached_run(runs_root, "stateful_1x8", lambda d: [run_single(script, 8, out_dir=d)])
+    two = cached_run(runs_root, "stateful_2x4", lambda d: run_workers(script, 2, 4, out_dir=d))
+    return one[0], two
+
+
+def _entries(results, prefix):
+    keys = sorted((k for k in results if k.startswith(prefix)),
+                  key=lambda k: (len(k), k))   # weights/2 before weights/10
+    assert keys, prefix
+    return [results[k] for k in keys]
+
+
+def _assert_close_lists(got, want, what):
+    assert len(got) == len(want), what
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape and a.dtype == b.dtype, (what, i, a.shape, b.shape)
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=f"{what} entry {i}")
+
+
+def test_get_weights_gathers_full_arrays_on_every_process(stateful_runs):
+    one, (p0, p1) = stateful_runs
+    weights = _entries(p0, "weights/")
+    assert len(weights) == 1 + 2 * 3   # iterations, then m and v of 3 variables
+    assert int(weights[0]) == 3 and weights[1].shape == (16, 8)
+    for k in p0:   # every process holds the same full host arrays
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+    _assert_close_lists(weights, _entries(one, "weights/"), "get_weights")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "asarray"])
+def test_variable_numpy_gathers_like_get_weights(stateful_runs, kind):
+    one, (p0, p1) = stateful_runs
+    got = _entries(p0, f"{kind}/")
+    assert [a.shape for a in got] == [(8,), (5,), (16, 8)]   # bias, gain, kernel
+    _assert_close_lists(got, _entries(one, f"{kind}/"), kind)
+    _assert_close_lists(_entries(p1, f"{kind}/"), got, kind)
+
+
+def test_set_weights_reshards_full_host_arrays(stateful_runs):
+    one, (p0, p1) = stateful_runs
+    restored = _entries(p0, "restored/")
+    assert int(restored[0]) == 1   # the snapshot taken after step 1
+    assert bool(p0["set_kept_shardings"]) and bool(p1["set_kept_shardings"])
+    _assert_close_lists(restored, _entries(one, "restored/"), "after set_weights")
+    # The step after set_weights continues as in one process.
+    _assert_close_lists(_entries(p0, "after_restore/"), _entries(one, "after_restore/"),
+                        "step after set_weights")
+
+
+def test_set_weights_refuses_other_values_on_another_process(stateful_runs):
+    _, (p0, p1) = stateful_runs
+    for r in (p0, p1):
+        message = str(r["mismatch_error"])
+        assert "differ between processes" in message and "[1]" in message, message
+        assert bool(r["mismatch_unchanged"])
+
+
+def test_pickling_across_processes_points_to_orbax(stateful_runs):
+    one, (p0, p1) = stateful_runs
+    assert str(one["pickle_opt"]) == "ok" and str(one["pickle_var"]) == "ok"   # 1 process
+    for r in (p0, p1):
+        for key, what in [("pickle_opt", "optimizer 'adam'"), ("pickle_var", "Variable 'kernel'")]:
+            message = str(r[key])
+            assert message.startswith("TypeError: Cannot pickle " + what), message
+            assert "orbax" in message
+
+
+def test_local_view_holds_this_process_parts(stateful_runs):
+    one, (p0, p1) = stateful_runs
+    # The (16, 8) kernel split 4 x 2 over 8 devices: all 8 parts in one process,
+    # 4 in each of two.
+    assert int(one["local_parts"]) == 8
+    assert int(p0["local_parts"]) == 4 and int(p1["local_parts"]) == 4
+    assert all(bool(r["local_view_ok"]) for r in (one, p0, p1))

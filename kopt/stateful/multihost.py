@@ -177,7 +177,9 @@ def _digest(leaves: list[np.ndarray]) -> np.ndarray:
 def from_host_tree(values: PyTree, likes: PyTree, what: str = "values") -> PyTree:
     """`from_host` for every leaf of `values`, placed like the matching leaf of `likes`.
 
-    Validates everything before building anything. With several processes it first
+    `values` may hold host arrays or `jax.Array`s (read with `to_host`, a collective for
+    arrays no process holds entirely). Validates everything before building anything.
+    With several processes it first
     checks, with a small all-gather (**a collective**: every process must call it), that
     every process passed the same values, and raises `ValueError` naming `what` if not:
     built from different values, an array would silently hold each process's own
@@ -185,7 +187,7 @@ def from_host_tree(values: PyTree, likes: PyTree, what: str = "values") -> PyTre
     """
     values_flat, treedef = jax.tree.flatten(values)
     likes_flat = treedef.flatten_up_to(likes)
-    hosts = [np.asarray(v) for v in values_flat]
+    hosts = to_host(values_flat)
     for k, (h, like) in enumerate(zip(hosts, likes_flat)):
         if h.shape != tuple(like.shape):
             raise ValueError(f"{what}: leaf {k} has shape {h.shape}, expected "
@@ -196,8 +198,8 @@ def from_host_tree(values: PyTree, likes: PyTree, what: str = "values") -> PyTre
         differ = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
         if differ:
             raise ValueError(
-                f"{what} differ between processes: process(es) {differ} passed other "
-                "values than process 0. Every process must pass the same full host "
+                f"{what}: the values differ between processes: process(es) {differ} "
+                "passed other values than process 0. Every process must pass the same full host "
                 "arrays; nothing was changed.")
     return treedef.unflatten([from_host(h, like) for h, like in zip(hosts, likes_flat)])
 
