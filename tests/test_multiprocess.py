@@ -49,12 +49,38 @@ def runs_root(tmp_path_factory, worker_id):
     return (base.parent if worker_id != "master" else base) / "kopt_multiprocess"
 
 
+def _runs(root: Path) -> dict:
+    """Every worker run the tests read, by name: `out_dir -> [results per process]`.
+
+    Each is made once per session (`cached_run`); under xdist an idle worker makes the
+    runs nobody has started yet.
+    """
+    functional, stateful = HERE / "worker_functional.py", HERE / "worker_stateful.py"
+    checkpoint = HERE / "worker_checkpoint.py"
+    layouts = [",".join(LAYOUTS)]
+
+    def restore_on_four(out_dir):
+        cached_run(root, "checkpoint_2x4", runs)   # the checkpoint to restore
+        ckpt = str(root / "checkpoint_2x4" / "ckpt")
+        return [run_single(checkpoint, 4, ["restore", "--ckpt", ckpt], out_dir=out_dir)]
+
+    runs = {
+        "functional_2x4": lambda d: run_workers(functional, 2, 4, layouts, out_dir=d),
+        "functional_1x8": lambda d: [run_single(functional, 8, layouts, out_dir=d)],
+        "checkpoint_2x4": lambda d: run_workers(checkpoint, 2, 4, ["save"], out_dir=d),
+        "stateful_2x4": lambda d: run_workers(stateful, 2, 4, out_dir=d),
+        "stateful_1x8": lambda d: [run_single(stateful, 8, out_dir=d)],
+        "checkpoint_1x4": restore_on_four,
+    }
+    return runs
+
+
 # ------------------------------------------------------------------ the harness itself
 @pytest.mark.parametrize("mode", ["fail1", "hang"])
 def test_harness_stops_every_process_and_shows_their_output(tmp_path, mode):
     start = time.monotonic()
     with pytest.raises(WorkerError) as info:
-        run_workers(HERE / "worker_misbehave.py", 2, 1, args=[mode], timeout=8,
+        run_workers(HERE / "worker_misbehave.py", 2, 1, args=[mode], timeout=4,
                     out_dir=tmp_path)
     elapsed = time.monotonic() - start
     message = str(info.value)
@@ -63,9 +89,9 @@ def test_harness_stops_every_process_and_shows_their_output(tmp_path, mode):
     if mode == "fail1":
         assert "failed" in message and "exit status 3" in message
         assert "process 1 fails on purpose" in message
-        assert elapsed < 8   # it did not wait for the timeout
+        assert elapsed < 4   # it did not wait for the timeout
     else:
-        assert "timed out after 8 s" in message
+        assert "timed out after 4 s" in message
     for i in range(2):
         pids = [int(p) for p in (tmp_path / f"pids_{i}.txt").read_text().split()]
         deadline = time.monotonic() + 5
@@ -78,11 +104,8 @@ def test_harness_stops_every_process_and_shows_their_output(tmp_path, mode):
 @pytest.fixture(scope="session")
 def functional_runs(runs_root):
     """(one process x 8 devices, [process 0, process 1] of 2 x 4), Explicit mesh axes."""
-    args = [",".join(LAYOUTS)]
-    script = HERE / "worker_functional.py"
-    one = cached_run(runs_root, "functional_1x8", lambda d: [run_single(script, 8, args, out_dir=d)])
-    two = cached_run(runs_root, "functional_2x4", lambda d: run_workers(script, 2, 4, args, out_dir=d))
-    return one[0], two
+    one = cached_run(runs_root, "functional_1x8", _runs(runs_root))
+    return one[0], cached_run(runs_root, "functional_2x4", _runs(runs_root))
 
 
 def _case_keys(results, layout, case):
@@ -112,20 +135,25 @@ def test_functional_two_processes_equal_one(functional_runs, layout, case):
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)   # every process: the same
         a, b = p0[k].astype(np.float64), one[k].astype(np.float64)
         assert a.shape == b.shape, k
-        if b.size:
-            scale = max(float(np.max(np.abs(b))), 1e-30)
-            err = float(np.max(np.abs(a - b))) / scale
-            assert err <= 2e-6, f"{k}: max |2 processes - 1 process| / max |x| = {err:.3g}"
+        if not b.size:
+            continue
+        scale = max(float(np.max(np.abs(b))), 1e-30)
+        err = np.abs(a - b) / scale
+        if case.endswith("_bf16"):
+            # A bfloat16 state element may round (stochastically) the other way when its
+            # float32 value differs in the last bits (gradients summed in another order):
+            # one bfloat16 step of that element.
+            err = np.maximum(err - 2.0 ** -7 * np.abs(b) / scale, 0)
+        worst = float(np.max(err))
+        assert worst <= 2e-6, f"{k}: max |2 processes - 1 process| / max |x| = {worst:.3g}"
 
 
 # ------------------------------------------------------------------ stateful facade
 @pytest.fixture(scope="session")
 def stateful_runs(runs_root):
     """(one process x 8 devices, [process 0, process 1] of 2 x 4): see worker_stateful."""
-    script = HERE / "worker_stateful.py"
-    one = cached_run(runs_root, "stateful_1x8", lambda d: [run_single(script, 8, out_dir=d)])
-    two = cached_run(runs_root, "stateful_2x4", lambda d: run_workers(script, 2, 4, out_dir=d))
-    return one[0], two
+    one = cached_run(runs_root, "stateful_1x8", _runs(runs_root))
+    return one[0], cached_run(runs_root, "stateful_2x4", _runs(runs_root))
 
 
 def _entries(results, prefix):
@@ -203,13 +231,8 @@ def test_local_view_holds_this_process_parts(stateful_runs):
 @pytest.fixture(scope="session")
 def checkpoint_runs(runs_root):
     """([process 0, process 1] of `save` on 2 x 4, `restore` of their checkpoint on 1 x 4)."""
-    script = HERE / "worker_checkpoint.py"
-    two = cached_run(runs_root, "checkpoint_2x4",
-                     lambda d: run_workers(script, 2, 4, ["save"], out_dir=d))
-    ckpt = runs_root / "checkpoint_2x4" / "ckpt"
-    four = cached_run(runs_root, "checkpoint_1x4",
-                      lambda d: [run_single(script, 4, ["restore", "--ckpt", str(ckpt)], out_dir=d)])
-    return two, four[0]
+    two = cached_run(runs_root, "checkpoint_2x4", _runs(runs_root))
+    return two, cached_run(runs_root, "checkpoint_1x4", _runs(runs_root))[0]
 
 
 def _continued(results):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 import traceback
 
 from tests.multiprocess import worker
@@ -137,11 +138,31 @@ def run_layout(layout: str, axes: str, txs: dict[str, kf.Transform]):
     return params, states
 
 
-def flat(prefix: str, tree) -> dict[str, np.ndarray]:
-    """`tree`'s leaves, gathered to host (a collective), keyed by `prefix` + key path."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    hosts = multihost.to_host([x for _, x in leaves])
-    return {prefix + jax.tree_util.keystr(path): h for (path, _), h in zip(leaves, hosts)}
+def run_all(layout: str, axes: str) -> tuple[dict, dict[str, str]]:
+    """Every case on `layout`: `({case: (params, state)}, {optional case: status})`.
+
+    All cases run in one program; if that fails, the core cases run together and each
+    optional case on its own, its error recorded as its status (it fails as it is
+    traced, before anything runs, so the fallback costs little).
+    """
+    core, optional = transforms(), optional_transforms()
+    try:
+        params, states = run_layout(layout, axes, {**core, **optional})
+        return {k: (params[k], states[k]) for k in params}, {k: "ok" for k in optional}
+    except Exception:   # the same error on every process
+        traceback.print_exc()
+    params, states = run_layout(layout, axes, core)
+    out, statuses = {k: (params[k], states[k]) for k in params}, {}
+    for name, tx in optional.items():
+        try:
+            params, states = run_layout(layout, axes, {name: tx})
+        except Exception as e:
+            statuses[name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+            continue
+        statuses[name] = "ok"
+        out[name] = (params[name], states[name])
+    return out, statuses
 
 
 def main():
@@ -149,22 +170,21 @@ def main():
     parser.add_argument("layouts")
     parser.add_argument("--axes", default="explicit", choices=["explicit", "auto"])
     args = parser.parse_args()
-    results = {}
+    trees, results = {}, {}
     for layout in args.layouts.split(","):
-        params, states = run_layout(layout, args.axes, transforms())
-        results.update(flat(f"{layout}/params", params))
-        results.update(flat(f"{layout}/state", states))
-        for name, tx in optional_transforms().items():
-            key = f"{layout}/status/{name}"
-            try:
-                params, states = run_layout(layout, args.axes, {name: tx})
-            except Exception as e:   # the same error on every process: record it
-                results[key] = np.asarray(f"{type(e).__name__}: {e}")
-                traceback.print_exc()
-                continue
-            results[key] = np.asarray("ok")
-            results.update(flat(f"{layout}/params", params))
-            results.update(flat(f"{layout}/state", states))
+        start = time.perf_counter()
+        cases, statuses = run_all(layout, args.axes)
+        for name, (params, state) in cases.items():
+            trees[f"{layout}/params[{name!r}]"] = params
+            trees[f"{layout}/state[{name!r}]"] = state
+        results.update({f"{layout}/status/{k}": np.asarray(v) for k, v in statuses.items()})
+        print(f"{layout}: {time.perf_counter() - start:.1f} s", flush=True)
+    # Every leaf to host in one collective call; keys: case prefix + key path.
+    leaves, _ = jax.tree_util.tree_flatten_with_path(trees)
+    hosts = multihost.to_host([x for _, x in leaves])
+    for (path, _), host in zip(leaves, hosts):
+        key = path[0].key   # "<layout>/params['<case>']"
+        results[key + jax.tree_util.keystr(path[1:])] = host
     worker.save(results)
 
 
