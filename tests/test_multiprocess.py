@@ -24,8 +24,8 @@ LAYOUTS = ["dp", "mp", "2d", "zero1"]
 CORE = ["adam", "adamw_clip", "lion", "adafactor", "partition", "adam_bf16", "lion_bf16"]
 OPTIONAL = ["muon", "adam_int8"]
 # Known failures under Explicit mesh axes when a param is split over the "model" axis
-# (layouts mp and 2d), in code other engineers own; an xfail turns into a failure (strict)
-# once fixed, so the list stays honest.
+# (layouts mp and 2d), in code other engineers own: those cases xfail with the error
+# raised; once fixed they run and must pass (and this entry can go).
 KNOWN = {
     "muon": "kopt/functional/muon.py: orthogonalize's x @ x.T contracts a split dimension "
             "(ShardingTypeError: give out_sharding)",
@@ -64,9 +64,12 @@ def _runs(root: Path) -> dict:
         ckpt = str(root / "checkpoint_2x4" / "ckpt")
         return [run_single(checkpoint, 4, ["restore", "--ckpt", ckpt], out_dir=out_dir)]
 
+    auto = ["mp,2d", "--axes", "auto", "--cases", "optional"]
     runs = {
         "functional_2x4": lambda d: run_workers(functional, 2, 4, layouts, out_dir=d),
         "functional_1x8": lambda d: [run_single(functional, 8, layouts, out_dir=d)],
+        "functional_auto_2x4": lambda d: run_workers(functional, 2, 4, auto, out_dir=d),
+        "functional_auto_1x8": lambda d: [run_single(functional, 8, auto, out_dir=d)],
         "checkpoint_2x4": lambda d: run_workers(checkpoint, 2, 4, ["save"], out_dir=d),
         "stateful_2x4": lambda d: run_workers(stateful, 2, 4, out_dir=d),
         "stateful_1x8": lambda d: [run_single(stateful, 8, out_dir=d)],
@@ -109,6 +112,13 @@ def functional_runs(runs_root):
     return one[0], cached_run(runs_root, "functional_2x4", _runs(runs_root))
 
 
+@pytest.fixture(scope="session")
+def functional_auto_runs(runs_root):
+    """As `functional_runs`, with Auto mesh axes, for OPTIONAL on layouts mp and 2d."""
+    one = cached_run(runs_root, "functional_auto_1x8", _runs(runs_root))
+    return one[0], cached_run(runs_root, "functional_auto_2x4", _runs(runs_root))
+
+
 def _case_keys(results, layout, case):
     marker = f"[{case!r}]"
     return sorted(k for k in results if k.startswith(f"{layout}/") and "/status/" not in k
@@ -129,6 +139,21 @@ def test_functional_two_processes_equal_one(functional_runs, layout, case):
             if layout in ("mp", "2d") and status.startswith("ShardingTypeError"):
                 pytest.xfail(f"{KNOWN[case]}. Raised: {status[:200]}")
             pytest.fail(f"{case} on layout {layout} raised {status}")
+    _assert_same_numbers(one, p0, p1, layout, case)
+
+
+@pytest.mark.parametrize("case", OPTIONAL)
+@pytest.mark.parametrize("layout", ["mp", "2d"])
+def test_functional_auto_axes_split_params(functional_auto_runs, layout, case):
+    """With Auto mesh axes, Muon and int8 state run on params split over "model", and 2
+    processes equal 1."""
+    one, (p0, p1) = functional_auto_runs
+    for r in (one, p0, p1):
+        assert str(r[f"{layout}/status/{case}"]) == "ok", str(r[f"{layout}/status/{case}"])
+    _assert_same_numbers(one, p0, p1, layout, case)
+
+
+def _assert_same_numbers(one, p0, p1, layout, case):
     keys = _case_keys(one, layout, case)
     assert len(keys) >= 5, keys   # every param, and state
     assert keys == _case_keys(p0, layout, case)

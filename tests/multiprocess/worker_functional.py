@@ -10,7 +10,7 @@ also reduces gradients across processes. Saved per process: every param and stat
 after the last step, gathered to host (`kopt.stateful.multihost.to_host`), and each
 case's status ("ok", or the error an optional case raised).
 
-Usage: worker_functional.py LAYOUT[,LAYOUT...] [--axes explicit|auto]
+Usage: worker_functional.py LAYOUT[,LAYOUT...] [--axes explicit|auto] [--cases all|optional]
 """
 
 from __future__ import annotations
@@ -138,21 +138,23 @@ def run_layout(layout: str, axes: str, txs: dict[str, kf.Transform]):
     return params, states
 
 
-def run_all(layout: str, axes: str) -> tuple[dict, dict[str, str]]:
+def run_all(layout: str, axes: str, which: str) -> tuple[dict, dict[str, str]]:
     """Every case on `layout`: `({case: (params, state)}, {optional case: status})`.
 
     All cases run in one program; if that fails, the core cases run together and each
     optional case on its own, its error recorded as its status (it fails as it is
     traced, before anything runs, so the fallback costs little).
     """
-    core, optional = transforms(), optional_transforms()
+    core, optional = transforms() if which == "all" else {}, optional_transforms()
     try:
         params, states = run_layout(layout, axes, {**core, **optional})
         return {k: (params[k], states[k]) for k in params}, {k: "ok" for k in optional}
     except Exception:   # the same error on every process
         traceback.print_exc()
-    params, states = run_layout(layout, axes, core)
-    out, statuses = {k: (params[k], states[k]) for k in params}, {}
+    out, statuses = {}, {}
+    if core:
+        params, states = run_layout(layout, axes, core)
+        out.update({k: (params[k], states[k]) for k in params})
     for name, tx in optional.items():
         try:
             params, states = run_layout(layout, axes, {name: tx})
@@ -169,11 +171,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("layouts")
     parser.add_argument("--axes", default="explicit", choices=["explicit", "auto"])
+    parser.add_argument("--cases", default="all", choices=["all", "optional"])
     args = parser.parse_args()
     trees, results = {}, {}
     for layout in args.layouts.split(","):
         start = time.perf_counter()
-        cases, statuses = run_all(layout, args.axes)
+        cases, statuses = run_all(layout, args.axes, args.cases)
         for name, (params, state) in cases.items():
             trees[f"{layout}/params[{name!r}]"] = params
             trees[f"{layout}/state[{name!r}]"] = state
