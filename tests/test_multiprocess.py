@@ -43,10 +43,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def runs_root(tmp_path_factory, worker_id):
+def runs_root(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     # Under xdist every worker's basetemp is a subfolder of this run's shared one.
-    return (base.parent if worker_id != "master" else base) / "kopt_multiprocess"
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "kopt_multiprocess"
 
 
 def _runs(root: Path) -> dict:
@@ -102,6 +102,24 @@ def test_harness_stops_every_process_and_shows_their_output(tmp_path, mode):
         while any(map(_pid_alive, pids)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(map(_pid_alive, pids)), f"process {i} or its child survived: {pids}"
+
+
+def test_harness_retries_when_the_coordinator_port_was_taken(tmp_path, monkeypatch):
+    import socket
+
+    from tests.multiprocess import harness
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        ports, real = [taken.getsockname()[1]], harness.free_port
+        monkeypatch.setattr(harness, "free_port", lambda: ports.pop() if ports else real())
+        results = harness.run_workers(HERE / "worker_hello.py", 2, 3, out_dir=tmp_path)
+    assert not ports   # the taken port was tried first
+    assert [int(r["process"]) for r in results] == [0, 1]
+    for r in results:
+        assert int(r["processes"]) == 2 and int(r["devices"]) == 6
+        assert int(r["local_devices"]) == 3
 
 
 # ------------------------------------------------------------------ functional layer

@@ -32,6 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]   # the repository root (kopt is imported from it)
 DEFAULT_TIMEOUT = 150.0
 
+# What the coordinator prints (gRPC) when its port was taken in between.
+_PORT_TAKEN = ("failed to add port", "address already in use")
+
 __all__ = ["WorkerError", "free_port", "run_workers", "run_single", "ROOT"]
 
 
@@ -170,7 +173,7 @@ def run_workers(script: str | Path, num_processes: int = 2, devices_per_process:
                              timeout)
         if ok:
             return _load(out_dir, num_processes)
-        if "address already in use" not in report.lower():
+        if not any(m in report.lower() for m in _PORT_TAKEN):
             break
     raise WorkerError(report)
 
