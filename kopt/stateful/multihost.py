@@ -50,14 +50,24 @@ def _index_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple:
 
 
 def is_fully_local(x: jax.Array) -> bool:
-    """Whether this process holds every part of `x` (fully addressable, or each part it
-    lacks on another process's device it also holds on one of its own)."""
+    """Whether this process holds every part of `x` on its own devices."""
     if not _is_global(x):
         return True
     shape = x.shape
     local = {_index_key(s.index, shape) for s in x.addressable_shards}
     every = {_index_key(i, shape) for i in x.sharding.devices_indices_map(shape).values()}
     return every <= local
+
+
+def _held_by_every_process(x: jax.Array) -> bool:
+    """Whether each process holds every part of `x`: computed from the sharding alone,
+    so all processes agree on it (and so on whether `to_host` gathers)."""
+    shape = x.shape
+    held: dict[int, set] = {}
+    for device, index in x.sharding.devices_indices_map(shape).items():
+        held.setdefault(device.process_index, set()).add(_index_key(index, shape))
+    every = set().union(*held.values())
+    return all(parts == every for parts in held.values())
 
 
 def _assemble_local(x: jax.Array) -> np.ndarray:
@@ -89,24 +99,10 @@ def _gather(xs: list[jax.Array]) -> list[np.ndarray]:
     out: list[np.ndarray | None] = [None] * len(xs)
     for mesh, idx in groups.items():
         replicated = [NamedSharding(mesh, P()) for _ in idx]
-        with jax.set_mesh(mesh) if _explicit(mesh) else _null():
-            gathered = jax.jit(_identity, out_shardings=replicated)([xs[i] for i in idx])
+        gathered = jax.jit(_identity, out_shardings=replicated)([xs[i] for i in idx])
         for i, g in zip(idx, gathered):
             out[i] = np.asarray(g.addressable_data(0))
     return out
-
-
-def _explicit(mesh) -> bool:
-    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
-    return explicit is not None and explicit in getattr(mesh, "axis_types", ())
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def to_host(tree: PyTree) -> PyTree:
@@ -130,7 +126,7 @@ def to_host(tree: PyTree) -> PyTree:
     for i, x in enumerate(leaves):
         if not isinstance(x, jax.Array) or x.is_fully_addressable:
             out[i] = np.asarray(x)
-        elif is_fully_local(x):
+        elif _held_by_every_process(x):
             out[i] = _assemble_local(x)
         else:
             pending.append(i)
