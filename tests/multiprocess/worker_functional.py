@@ -4,7 +4,8 @@ Run by `tests/test_multiprocess.py` as 2 processes x 4 CPU devices and as 1 proc
 devices; both build the same global mesh over all 8 devices and must compute the same
 numbers. For each layout (`dp`: data-parallel, `mp`: model-parallel, `2d`: data x model,
 `zero1`: data-parallel with the state split over the data axis by `shard_state`), every
-transform of `transforms()` runs `STEPS` steps in one jitted program; gradients come from
+transform of `transforms()` and `optional_transforms()` runs `STEPS` steps in one jitted
+program (see `run_all` for when an optional case fails); gradients come from
 a loss over a batch split along the data axis (where the layout has one), so the step
 also reduces gradients across processes. Saved per process: every param and state leaf
 after the last step, gathered to host (`kopt.stateful.multihost.to_host`), and each
