@@ -233,6 +233,18 @@ def test_variable_numpy_gathers_like_get_weights(stateful_runs, kind):
     _assert_close_lists(_entries(p1, f"{kind}/"), got, kind)
 
 
+def test_get_weights_of_bfloat16_state_across_processes(stateful_runs):
+    one, (p0, p1) = stateful_runs
+    dtypes = str(p0["bf16/dtypes"]).split(",")
+    assert dtypes[0] == "int32" and "uint32" in dtypes and dtypes.count("bfloat16") == 6
+    assert str(one["bf16/dtypes"]) == str(p0["bf16/dtypes"])
+    got, want = _entries(p0, "bf16/weights/"), _entries(one, "bf16/weights/")
+    _assert_close_lists(_entries(p1, "bf16/weights/"), got, "bf16 get_weights")
+    for i, (a, b) in enumerate(zip(got, want)):   # one bfloat16 rounding step apart at most
+        np.testing.assert_allclose(a, b, rtol=2.0 ** -7, atol=1e-7, err_msg=f"entry {i}")
+    assert all(bool(r["bf16/round_trip"]) for r in (one, p0, p1))
+
+
 def test_set_weights_reshards_full_host_arrays(stateful_runs):
     one, (p0, p1) = stateful_runs
     restored = _entries(p0, "restored/")

@@ -11,7 +11,9 @@ Run as 2 processes x 4 CPU devices and as 1 process x 8 devices on the same 4 x 
 - `mismatch_error`, `mismatch_unchanged`: `set_weights` given other values on process 1
   (several processes only);
 - `pickle_opt`, `pickle_var`: "ok" (round trip checked) or the error pickling raised;
-- `local_view_ok`, `local_parts`: `multihost.local_view` of the split kernel.
+- `local_view_ok`, `local_parts`: `multihost.local_view` of the split kernel;
+- `bf16/...`: `get_weights()` of an Adam with bfloat16 state after 3 steps, their
+  dtypes, and whether `set_weights` of them gives them back (`bf16/round_trip`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,22 @@ def main():
             results[key] = np.asarray(f"TypeError: {e}")
         else:
             results[key] = np.asarray("ok" if check(restored) else "round trip differs")
+
+    # bfloat16 state: get_weights gathers bfloat16 slots and the rounding seed;
+    # set_weights takes them back unchanged.
+    low = [kopt.Variable(multihost.from_host(host[k], like[k]), name=k) for k in SPECS]
+    opt16 = kopt.optimizers.Adam(learning_rate=0.01, state_dtype="bfloat16")
+    for t in range(3):
+        grads = [multihost.from_host(np.cos(host[v.name] * (t + 1)).astype(np.float32),
+                                     like[v.name]) for v in low]
+        opt16.apply_gradients(zip(grads, low))
+    weights16 = opt16.get_weights()
+    for i, w in enumerate(weights16):
+        results[f"bf16/weights/{i}"] = w
+    results["bf16/dtypes"] = np.asarray(",".join(str(w.dtype) for w in weights16))
+    opt16.set_weights(weights16)
+    results["bf16/round_trip"] = np.asarray(all(
+        np.array_equal(a, b) for a, b in zip(opt16.get_weights(), weights16)))
 
     kernel = variables[0].value
     full = variables[0].numpy()
