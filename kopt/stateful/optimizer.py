@@ -27,6 +27,7 @@ from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.learning_rate import as_learning_rate
 from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
+from kopt.stateful import multihost
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import LOCK, Variable
@@ -262,6 +263,7 @@ class Optimizer:
                  if k not in ("_transform", "_step", "_minimize_cache", "_index",
                               "_exclude_ids", "_iterations_var", "_plain_key")}
             if self._state is not None:
+                multihost.check_picklable(self._state, f"optimizer {self.name!r}")
                 d["_state"] = jax.device_get(self._state)
                 d["_iterations"] = None
             return d
@@ -429,7 +431,7 @@ class Optimizer:
                 values = tuple(_read(v) for v in variables)
                 state = self._placed(transform.init(values), values)
                 if callable(self._learning_rate):   # a schedule's first rate, checked once
-                    _checked_rate(jax.device_get(state.learning_rate))
+                    _checked_rate(multihost.to_host(state.learning_rate))
             except BaseException:
                 self._vars = None
                 raise
@@ -739,7 +741,7 @@ class Optimizer:
                 raise ValueError(
                     f"The new state's leaf {jax.tree_util.keystr(path)} has shape {shape} "
                     f"and dtype {dtype}; expected {like.shape} and {like.dtype}.")
-        _check_count(np.asarray(jax.device_get(new_state.count)), "state.count")
+        _check_count(multihost.to_host(new_state.count), "state.count")
         owned = jax.tree.map(lambda x: jnp.array(x, copy=True), new_state)
         return self._on_mesh(owned)
 
@@ -768,7 +770,7 @@ class Optimizer:
         """The learning rate the next update uses (a float32 0-d numpy array)."""
         with LOCK:
             if self._state is not None:
-                return np.asarray(self._state.learning_rate)
+                return multihost.to_host(self._state.learning_rate)
             lr = self._learning_rate
             return np.asarray(_rate_at(lr, 0) if callable(lr) else lr, np.float32)
 
@@ -1003,7 +1005,7 @@ class Optimizer:
         with LOCK:
             if not self.built:
                 return []
-            return [np.array(x) for x in self._weight_arrays()]
+            return [np.array(x) for x in multihost.to_host(self._weight_arrays())]
 
     def _weight_arrays(self) -> list:
         """The live arrays `get_weights` lists (wrappers with other layouts override)."""
@@ -1093,7 +1095,8 @@ class Optimizer:
             step = getattr(state, "micro_step", None)
             rate = _checked_rate(_rate_at(self._learning_rate, state.count if step is None else step))
             state = state._replace(learning_rate=jnp.asarray(rate, jnp.float32))
-        return self._on_mesh(state)
+        # Placed like the current state, after checking every process passed the same list.
+        return multihost.from_host_tree(state, self._state, "set_weights")
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from kopt.stateful import multihost
+
 __all__ = ["OptimizerVariable"]
 
 
@@ -56,10 +58,12 @@ class OptimizerVariable:
         return self
 
     def numpy(self) -> np.ndarray:
-        return np.asarray(self.value)
+        """The whole value as numpy (a collective with several processes, as
+        `get_weights`)."""
+        return multihost.to_host(self.value)
 
     def __array__(self, dtype=None, copy=None):
-        return np.array(self.value, dtype=dtype, copy=True if copy is None else copy)
+        return np.array(self.numpy(), dtype=dtype, copy=True if copy is None else copy)
 
     @property
     def shape(self) -> tuple[int, ...]:

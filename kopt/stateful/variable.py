@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kopt.stateful import multihost
+
 __all__ = ["Variable", "LOCK"]
 
 _uid = itertools.count()
@@ -80,13 +82,18 @@ class Variable:
         return self.assign(self._value - jnp.asarray(delta, self._value.dtype))
 
     def numpy(self) -> np.ndarray:
-        return np.asarray(self.value)
+        """The whole value as numpy. With several processes (jax.distributed) this is a
+        collective (see `kopt.stateful.multihost.to_host`): every process must call it."""
+        return multihost.to_host(self.value)
 
     def __array__(self, dtype=None, copy=None):
-        value = self.value
+        value = multihost.to_host(self.value)
         if copy:
             return np.array(value, dtype=dtype, copy=True)
         return np.asarray(value, dtype=dtype)
+
+    def __getstate__(self):
+        return multihost.variable_getstate(self)
 
     @property
     def shape(self) -> tuple[int, ...]:
