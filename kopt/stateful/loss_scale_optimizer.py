@@ -12,6 +12,7 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
+from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer, _read, _tracing, _write
 
 __all__ = ["LossScaleOptimizer"]
@@ -77,23 +78,27 @@ class LossScaleOptimizer(Optimizer):
             )
         if not kwargs.pop("dynamic", True):
             raise ValueError(
-                "LossScaleOptimizer does not support `dynamic=False`; set "
-                "`loss_scale_factor` on the inner optimizer for a fixed scale. "
-                "Received: dynamic=False")
+                "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set "
+                "`loss_scale_factor` directly on the `inner_optimizer`. (kopt: a fixed "
+                "scale is the inner optimizer's `loss_scale_factor`.) Received: dynamic=False")
         for key, default in _BASE_DEFAULTS.items():
-            value = kwargs.pop(key, default)
-            if value != default:
+            if key not in kwargs:
+                continue
+            value = kwargs.pop(key)
+            if (value is None) != (default is None) or value != default:
                 raise ValueError(
-                    f"LossScaleOptimizer does not support `{key}`; set it on the inner "
-                    f"optimizer instead. Received: {key}={value!r}")
+                    f"LossScaleOptimizer does not support `{key}`. Instead, set `{key}` on "
+                    f"the `inner_optimizer`. Received: {key}={value!r}; the inner optimizer "
+                    f"is {type(inner_optimizer).__name__} {inner_optimizer.name!r}.")
         if kwargs:
-            raise ValueError(f"LossScaleOptimizer: argument(s) not recognized: {kwargs}.")
+            received = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise ValueError(
+                "LossScaleOptimizer does not support arguments: "
+                f"`{'`, `'.join(kwargs.keys())}`. Received: {received}")
         _check_scale_arguments(initial_scale, dynamic_growth_steps)
-        if inner_optimizer.loss_scale_factor is not None:
-            inner_optimizer.loss_scale_factor = None
-            inner_optimizer._transform = inner_optimizer._make_transform(inner_optimizer._mask)
-            if inner_optimizer.built:
-                inner_optimizer._compile()
+        # As Keras: turn the inner optimizer's loss scaling off, or the gradients would be
+        # unscaled twice. A MultiOptimizer passes it on to its own inner optimizers.
+        _turn_off_loss_scale_factor(inner_optimizer)
         self.inner_optimizer = inner_optimizer
         self.initial_scale = initial_scale
         self.dynamic_growth_steps = dynamic_growth_steps
@@ -137,10 +142,15 @@ class LossScaleOptimizer(Optimizer):
     def _make_transform(self, mask=None):
         del mask   # weight decay is the inner optimizer's
         self._inner_tx = self.inner_optimizer.transform
+        if self._inner_tx is None:   # a MultiOptimizer has its transform once built
+            return None
         return dynamic_loss_scale(self._inner_tx, self.initial_scale, self.dynamic_growth_steps)
 
     def _sync(self):
         """Follow a change of the inner optimizer's transform (a new schedule, say)."""
+        inner_sync = getattr(self.inner_optimizer, "_sync", None)
+        if inner_sync is not None:   # a wrapper inside: let it follow its own first
+            inner_sync()
         if self.inner_optimizer.transform is not self._inner_tx:
             self._transform = self._make_transform()
             if self.built:
@@ -189,6 +199,13 @@ class LossScaleOptimizer(Optimizer):
             def run(values, state, *a):
                 def scaled(vals):
                     loss = loss_fn(list(vals), *a)
+                    dtype = getattr(loss, "dtype", None)
+                    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                        raise TypeError(
+                            "minimize: loss_fn must return a floating-point scalar, since "
+                            "the step differentiates it; an integer loss has no gradient. "
+                            f"Received: a loss of dtype {dtype} "
+                            f"(loss_fn={getattr(loss_fn, '__name__', loss_fn)!r}).")
                     return _times(loss, state.dynamic_scale), loss
 
                 (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
@@ -274,26 +291,20 @@ class LossScaleOptimizer(Optimizer):
                 f"set_weights expected a list of {expected} arrays (iterations, step_counter, "
                 f"dynamic_scale, then the {expected - 3} of the inner optimizer "
                 f"{self.inner_optimizer.name!r}); received {len(weights)}.")
-        counter, scale = np.asarray(weights[1]), np.asarray(weights[2])
-        if not (counter.shape == () and _is_real(counter) and 0 <= counter < np.inf
-                and float(counter) == int(counter)):
-            raise ValueError(
-                "set_weights: entry 1 (step_counter) must be a 0-d integer >= 0. "
-                f"Received: {_describe(counter)}.")
-        if not (scale.shape == () and _is_real(scale) and 0 < scale < np.inf):
-            raise ValueError(
-                "set_weights: entry 2 (dynamic_scale) must be a 0-d number, finite and > 0. "
-                f"Received: {_describe(scale)}.")
+        own = _own_weights(weights[1], weights[2], self.dynamic_growth_steps)
 
         def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
             k = int(match.group(1))
             return f"entry {k + 2 if k else 0}"
 
+        # Everything of our own is checked (and converted) above; the inner optimizer's
+        # set_weights checks its part in full before changing anything, so after it
+        # succeeds nothing below can fail.
         try:
             self.inner_optimizer.set_weights([weights[0], *weights[3:]])
-        except ValueError as e:
-            raise ValueError(re.sub(r"entry (\d+)", renumber, str(e))) from None
-        self._own = (jnp.asarray(int(counter), jnp.int32), jnp.asarray(scale, jnp.float32))
+        except (ValueError, TypeError) as e:
+            raise type(e)(re.sub(r"entry (\d+)", renumber, str(e))) from None
+        self._own = own
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
@@ -316,6 +327,50 @@ class LossScaleOptimizer(Optimizer):
         if isinstance(inner, dict):
             inner = deserialize(inner)
         return cls(inner, **config)
+
+
+def _turn_off_loss_scale_factor(opt: Optimizer) -> None:
+    """`opt.loss_scale_factor = None`, with its transform remade (its step recompiled)."""
+    if isinstance(opt, MultiOptimizer):
+        opt.loss_scale_factor = None   # passes it on to its optimizers, remakes its step
+        return
+    if opt.loss_scale_factor is None:
+        return
+    opt.loss_scale_factor = None
+    opt._transform = opt._make_transform(opt._mask)
+    if opt.built:
+        opt._compile()
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _own_weights(counter, scale, growth_steps: int):
+    """`(step_counter, dynamic_scale)` as the state holds them, from `set_weights` entries
+    1 and 2; every check is done before anything is converted."""
+    counter, scale = np.asarray(counter), np.asarray(scale)
+    if not (counter.shape == () and _is_real(counter) and np.isfinite(counter)
+            and float(counter) == int(counter) and 0 <= int(counter) <= _INT32.max):
+        raise ValueError(
+            "set_weights: entry 1 (step_counter) must be a 0-d integer in [0, "
+            f"{_INT32.max}] (int32). Received: {_describe(counter)}.")
+    if int(counter) >= growth_steps:
+        raise ValueError(
+            "set_weights: entry 1 (step_counter) must be less than dynamic_growth_steps="
+            f"{growth_steps}, or the loss scale would never grow again. Received: "
+            f"{_describe(counter)}.")
+    if not (scale.shape == () and _is_real(scale)):
+        raise ValueError(
+            "set_weights: entry 2 (dynamic_scale) must be a 0-d number, finite and > 0 in "
+            f"float32. Received: {_describe(scale)}.")
+    with np.errstate(over="ignore", under="ignore"):
+        as_f32 = np.float32(scale)
+    if not (np.isfinite(as_f32) and as_f32 > 0):
+        raise ValueError(
+            "set_weights: entry 2 (dynamic_scale) must be finite and > 0 in float32 (at "
+            f"most {np.finfo(np.float32).max:.4g}). Received: {_describe(scale)}, which is "
+            f"{as_f32!r} in float32.")
+    return jnp.asarray(int(counter), jnp.int32), jnp.asarray(as_f32, jnp.float32)
 
 
 def _is_real(x: np.ndarray) -> bool:

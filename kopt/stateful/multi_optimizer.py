@@ -31,13 +31,49 @@ _LR_MESSAGE = (
 )
 
 
-def _check_inner(opt, where: str) -> None:
+def _check_type(opt, where: str) -> None:
     if not isinstance(opt, Optimizer):
         raise ValueError(f"{where} must be a kopt optimizer instance. Received: {opt!r}")
+
+
+def _nesting_error(opt, where: str, setitem: bool = False) -> ValueError | None:
+    """The error for a wrapper inside a MultiOptimizer, with Keras's message, or None.
+
+    Keras's sentence is the one of `MultiOptimizer.build`, or with `setitem` the one of
+    `OptimizerMap.__setitem__`.
+    """
     if isinstance(opt, MultiOptimizer):
-        raise ValueError(f"{where} cannot be a MultiOptimizer. Received: {opt!r}")
-    if "inner_optimizer" in vars(opt):   # a wrapper such as LossScaleOptimizer, as in Keras
-        raise ValueError(f"{where} cannot be a wrapper of another optimizer. Received: {opt!r}")
+        kind = "MultiOptimizer"
+    elif "inner_optimizer" in vars(opt):   # LossScaleOptimizer, or any wrapper like it
+        kind = "LossScaleOptimizer"
+    else:
+        return None
+    text = (f"optimizer cannot be {kind}." if setitem
+            else f"{kind} cannot be used inside an MultiOptimizer.")
+    hint = ("wrap the MultiOptimizer in the LossScaleOptimizer instead" if kind ==
+            "LossScaleOptimizer" else "list its inner optimizers in this one")
+    return ValueError(f"{text} {where} is a {type(opt).__name__} ({opt.name!r}); {hint}. "
+                      f"Received: {opt!r}")
+
+
+def _check_inner(opt, where: str) -> None:
+    """Type and nesting: what Keras checks when a MultiOptimizer is built."""
+    _check_type(opt, where)
+    err = _nesting_error(opt, where)
+    if err is not None:
+        raise err
+
+
+def _set_loss_scale_factor(opt: Optimizer, value) -> None:
+    """Set an inner optimizer's `loss_scale_factor`, remaking its transform if it changed."""
+    if isinstance(opt, MultiOptimizer) or "inner_optimizer" in vars(opt):
+        return   # a nested wrapper: refused when the MultiOptimizer is built
+    if opt.loss_scale_factor == value and (opt.loss_scale_factor is None) == (value is None):
+        return
+    opt.loss_scale_factor = value
+    opt._transform = opt._make_transform(opt._mask)
+    if opt.built:
+        opt._compile()
 
 
 class OptimizerMap(MutableMapping):
@@ -57,13 +93,15 @@ class OptimizerMap(MutableMapping):
     def __init__(self, default_optimizer: Optimizer | None = None,
                  optimizer_map: dict[str, Optimizer] | None = None):
         if default_optimizer is not None:
-            _check_inner(default_optimizer, "default_optimizer")
+            _check_type(default_optimizer, "default_optimizer")
         if optimizer_map is not None and not isinstance(optimizer_map, dict):
             raise TypeError(f"optimizer_map must be a dict. Received: {optimizer_map!r}")
         self._default_optimizer = default_optimizer
         self._optimizer_map: dict[str, Optimizer] = {}
         for key, opt in (optimizer_map or {}).items():
-            self[key] = opt
+            # As Keras: a nested wrapper given here is refused when a MultiOptimizer
+            # is built with it (assigning one with `map[key] = opt` is refused at once).
+            self._put(key, opt, nested_ok=True)
 
     @property
     def default_optimizer(self) -> Optimizer | None:
@@ -84,6 +122,9 @@ class OptimizerMap(MutableMapping):
         return self._default_optimizer
 
     def __setitem__(self, key: str, optimizer: Optimizer) -> None:
+        self._put(key, optimizer, nested_ok=False)
+
+    def _put(self, key: str, optimizer: Optimizer, nested_ok: bool) -> None:
         if not isinstance(key, str):
             raise ValueError(f"An OptimizerMap key must be a string. Received: {key!r}")
         if key in self._optimizer_map:
@@ -92,7 +133,11 @@ class OptimizerMap(MutableMapping):
             re.compile(key)
         except re.error as e:
             raise ValueError(f"The OptimizerMap key {key!r} is not a valid regex: {e}") from e
-        _check_inner(optimizer, f"The optimizer for key {key!r}")
+        where = f"The optimizer for key {key!r}"
+        _check_type(optimizer, where)
+        err = None if nested_ok else _nesting_error(optimizer, where, setitem=True)
+        if err is not None:
+            raise err
         self._optimizer_map[key] = optimizer
 
     def __delitem__(self, key: str) -> None:
@@ -139,9 +184,14 @@ class MultiOptimizer(Optimizer):
         - a callable `variable -> optimizer`, as in Keras;
         - a list of `(optimizer, variables)` pairs (kopt only): a variable in two pairs is
           a `ValueError` here, and one in no pair when the optimizer is built.
-        A variable that no optimizer claims is a `ValueError` at build.
-      loss_scale_factor: if not None, overrides every inner optimizer's
-        `loss_scale_factor` (as Keras). Default None: each keeps its own.
+        A variable that no optimizer claims is a `ValueError` at build. As in Keras, a
+        `LossScaleOptimizer` or `MultiOptimizer` among the inner optimizers is refused
+        when the MultiOptimizer is built, with Keras's message (and at once by
+        `OptimizerMap.__setitem__`).
+      loss_scale_factor: every inner optimizer's `loss_scale_factor`, as in Keras: it
+        is set on them here (None included), on any met at build (a callable), and
+        again whenever `multi.loss_scale_factor` is set (a `LossScaleOptimizer` around
+        this one sets it to None, so the gradients are unscaled once). Default None.
       name: default "multioptimizer".
 
     Attributes and behaviour:
@@ -204,6 +254,20 @@ class MultiOptimizer(Optimizer):
         self._optimizer_map = optimizer_map
         super().__init__(learning_rate=0.0, loss_scale_factor=loss_scale_factor, name=name)
 
+    @property
+    def loss_scale_factor(self):
+        """The inner optimizers' common `loss_scale_factor` (see the class docstring)."""
+        return self.__dict__.get("_loss_scale_factor")
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        validate_loss_scale_factor(value)
+        self.__dict__["_loss_scale_factor"] = value
+        for opt in self.__dict__.get("_inner", ()):
+            _set_loss_scale_factor(opt, value)
+        if self.__dict__.get("_active") is not None:   # built: remake the joint step
+            self._setup()
+
     @staticmethod
     def _check_pairs(pairs):
         out, owner = [], {}
@@ -213,7 +277,7 @@ class MultiOptimizer(Optimizer):
                     f"optimizer_map entry {i} must be an (optimizer, variables) pair. "
                     f"Received: {pair!r}")
             opt, variables = pair
-            _check_inner(opt, f"The optimizer of optimizer_map entry {i}")
+            _check_type(opt, f"The optimizer of optimizer_map entry {i}")
             variables = [variables] if _is_variable(variables) else list(variables)
             for v in variables:
                 if not _is_variable(v):
@@ -246,6 +310,10 @@ class MultiOptimizer(Optimizer):
             raise ValueError(
                 f"No optimizer is assigned to variable {_var_name(v)!r}: {why}. Every "
                 "variable needs exactly one optimizer.")
+        if not isinstance(opt, Optimizer):
+            raise ValueError(
+                f"Optimizer for variable {_var_name(v)} is not an Optimizer instance. It must "
+                f"be a kopt optimizer. Received: {opt!r}")
         _check_inner(opt, f"The optimizer for variable {_var_name(v)!r}")
         return opt
 
@@ -295,8 +363,7 @@ class MultiOptimizer(Optimizer):
         for opt, idx in zip(inner, owned):
             if not idx:
                 continue
-            if self.loss_scale_factor is not None:
-                opt.loss_scale_factor = self.loss_scale_factor
+            _set_loss_scale_factor(opt, self.loss_scale_factor)
             if not opt.built:
                 for var_list, var_names in self._exclusions:
                     try:
