@@ -315,9 +315,10 @@ class LossScaleOptimizer(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        from kopt.stateful.registry import deserialize
+        from kopt.stateful.registry import check_config_tree, deserialize
         if not isinstance(config, dict):
-            raise TypeError(f"from_config expects a dict. Received: {config!r}")
+            raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
+        check_config_tree(config)
         config = dict(config)
         if "inner_optimizer" not in config:
             raise ValueError(

@@ -161,10 +161,23 @@ class OptimizerMap(MutableMapping):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OptimizerMap:
-        from kopt.stateful.registry import deserialize
+        from kopt.stateful.registry import check_config_tree, deserialize
+        if not isinstance(config, dict):
+            raise TypeError(f"OptimizerMap.from_config expects a dict. Received: {config!r}"[:300])
+        check_config_tree(config)
+        unknown = [k for k in config if k not in ("default_optimizer", "optimizer_map")]
+        if unknown:
+            raise ValueError(
+                f"Unknown key(s) {unknown} in the OptimizerMap config; expected "
+                "'default_optimizer' and 'optimizer_map'.")
         default = config.get("default_optimizer")
+        entries = config.get("optimizer_map") or {}
+        if not isinstance(entries, dict):
+            raise TypeError(
+                "The OptimizerMap config's 'optimizer_map' must be a dict {regex: optimizer "
+                f"config}}. Received: optimizer_map={entries!r}"[:300])
         return cls(None if default is None else deserialize(default),
-                   {k: deserialize(o) for k, o in (config.get("optimizer_map") or {}).items()})
+                   {k: deserialize(o) for k, o in entries.items()})
 
 
 class MultiOptimizer(Optimizer):
@@ -621,10 +634,16 @@ class MultiOptimizer(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MultiOptimizer:
+        from kopt.stateful.registry import check_config_tree
         if not isinstance(config, dict):
-            raise TypeError(f"from_config expects a dict. Received: {config!r}")
+            raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
+        check_config_tree(config)
         config = dict(config)
-        if isinstance(config.get("optimizer_map"), dict):
-            config["optimizer_map"] = OptimizerMap.from_config(config["optimizer_map"])
+        if not isinstance(config.get("optimizer_map"), dict):
+            raise TypeError(
+                "A MultiOptimizer config needs an 'optimizer_map' entry holding an "
+                "OptimizerMap config (a dict). Received: "
+                f"optimizer_map={config.get('optimizer_map')!r}"[:300])
+        config["optimizer_map"] = OptimizerMap.from_config(config["optimizer_map"])
         return cls(**config)
 
