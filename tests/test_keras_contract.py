@@ -1,0 +1,303 @@
+"""Keras 3's contract for the wrappers (issue 13, items 2, 3, 6, 9, 10; issue 14, wrappers).
+
+Code written against `keras.optimizers.LossScaleOptimizer`, `MultiOptimizer` and Keras's
+callbacks runs unchanged with kopt: each test states the Keras behaviour and, where
+Keras raises, checks kopt against Keras's own message.
+
+- `LossScaleOptimizer(MultiOptimizer(...))` before the MultiOptimizer is built, with the
+  gradients unscaled once (the inner `loss_scale_factor`s become None, as in Keras).
+- `MultiOptimizer` refuses a nested LossScaleOptimizer/MultiOptimizer at build, with
+  Keras's message; `kopt.optimizers.get(None)` is None.
+- `wrap(multi).optimizers`: Keras's `LearningRateScheduler` and `ReduceLROnPlateau`
+  change each inner rate during a real `model.fit`.
+- After `fit`/`train_on_batch` through `wrap(opt)`, `opt` itself holds the trained state.
+- LossScaleOptimizer's unsupported arguments: Keras's text, plus kopt's details.
+- `LossScaleOptimizer.set_weights` is all-or-nothing; an integer loss under `minimize`
+  is a TypeError.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kopt
+from kopt.optimizers import SGD, LossScaleOptimizer, MultiOptimizer, OptimizerMap
+
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "jax":
+    pytest.skip("kopt.interop.keras needs KERAS_BACKEND=jax", allow_module_level=True)
+
+import kopt.interop.keras as kopt_keras  # noqa: E402
+
+
+@pytest.fixture
+def keras_promotion():
+    # Keras's layers broadcast biases and mix Python scalars: standard JAX semantics.
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def message_of(fn) -> str:
+    with pytest.raises(Exception) as info:
+        fn()
+    return str(info.value)
+
+
+# ----------------------------------------------------------------- item 2: LSO(Multi)
+@pytest.mark.parametrize("built_first", [False, True])
+def test_loss_scale_optimizer_around_a_multi_optimizer_unscales_once(built_first):
+    sgd = SGD(0.1)
+    multi = MultiOptimizer(OptimizerMap(sgd), loss_scale_factor=5.0)
+    assert sgd.loss_scale_factor == 5.0   # as Keras: the multi's factor is the inner one's
+    w = kopt.Variable(jnp.asarray(2.0), name="w")
+    if built_first:
+        multi.build([w])
+    lso = LossScaleOptimizer(multi, initial_scale=10.0)
+    # As Keras: the LossScaleOptimizer turns the loss scaling of what it wraps off.
+    assert multi.loss_scale_factor is None and sgd.loss_scale_factor is None
+    # A gradient of 10.0 taken on the loss scaled by 10: the true gradient is 1.0.
+    lso.apply_gradients([(jnp.asarray(10.0), w)])
+    np.testing.assert_allclose(float(w.value), 2.0 - 0.1 * 1.0, rtol=1e-6)
+    assert int(lso.iterations) == 1 and int(sgd.iterations) == 1
+    # A non-finite step is skipped and halves the scale, through the inner partition.
+    lso.apply_gradients([(jnp.asarray(jnp.inf), w)])
+    np.testing.assert_allclose(float(w.value), 1.9, rtol=1e-6)
+    assert float(lso.dynamic_scale) == 5.0 and int(lso.iterations) == 1
+    # The inner optimizer's rate stays live through both wrappers.
+    sgd.learning_rate = 1.0
+    lso.apply_gradients([(jnp.asarray(5.0), w)])
+    np.testing.assert_allclose(float(w.value), 1.9 - 1.0, rtol=1e-6)
+
+
+def test_multi_optimizer_factor_reaches_optimizers_met_at_build():
+    """A callable map meets its optimizers at build; the factor is set on them then."""
+    sgd = SGD(0.1, loss_scale_factor=3.0)
+    multi = MultiOptimizer(lambda v: sgd, loss_scale_factor=None)
+    lso = LossScaleOptimizer(multi, initial_scale=10.0)
+    w = kopt.Variable(jnp.asarray(2.0), name="w")
+    lso.apply_gradients([(jnp.asarray(10.0), w)])
+    assert sgd.loss_scale_factor is None
+    np.testing.assert_allclose(float(w.value), 1.9, rtol=1e-6)
+    # Setting the multi's factor later reaches the built inner optimizer's step too.
+    multi.loss_scale_factor = 2.0
+    assert sgd.loss_scale_factor == 2.0
+    multi.apply_gradients([(jnp.asarray(2.0), w)])
+    np.testing.assert_allclose(float(w.value), 1.9 - 0.1, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- item 6: get, nesting
+def test_get_none_is_none_as_keras():
+    assert keras.optimizers.get(None) is None
+    assert kopt.optimizers.get(None) is None
+
+
+@pytest.mark.parametrize("nested", ["lso", "multi"])
+def test_nested_wrapper_fails_at_build_with_keras_message(nested):
+    def keras_nested():
+        inner = keras.optimizers.SGD()
+        if nested == "lso":
+            return keras.optimizers.LossScaleOptimizer(inner)
+        return keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(inner))
+
+    def kopt_nested():
+        inner = SGD(0.1)
+        if nested == "lso":
+            return LossScaleOptimizer(inner)
+        return MultiOptimizer(OptimizerMap(inner))
+
+    theirs = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(keras_nested()))
+    ours = MultiOptimizer(OptimizerMap(kopt_nested()))   # as Keras: accepted until build
+    keras_text = message_of(lambda: theirs.build([keras.Variable(np.ones(2, np.float32))]))
+    with pytest.raises(ValueError) as info:
+        ours.build([kopt.Variable(jnp.ones(2), name="w")])
+    assert keras_text in str(info.value)
+    assert "'w'" in str(info.value)   # and kopt's details
+    assert not ours.built
+    # Assigning one into an OptimizerMap fails at once, in both.
+    keras_text = message_of(lambda: keras.optimizers.OptimizerMap(keras.optimizers.SGD()).
+                            __setitem__("x", keras_nested()))
+    with pytest.raises(ValueError) as info:
+        OptimizerMap(SGD(0.1))["x"] = kopt_nested()
+    assert keras_text in str(info.value)
+
+
+# ----------------------------------------------------------------- item 3: LR callbacks
+def _multi_model():
+    init = keras.initializers.GlorotUniform(seed=0)
+    model = keras.Sequential([
+        keras.Input((3,)),
+        keras.layers.Dense(4, name="enc", kernel_initializer=init),
+        keras.layers.Dense(1, name="head", kernel_initializer=init),
+    ])
+    fast, slow = SGD(0.1, name="fast"), SGD(0.01, name="slow")
+    wrapped = kopt_keras.wrap(MultiOptimizer(OptimizerMap(slow, {".*/enc/.*": fast})))
+    model.compile(loss="mse", optimizer=wrapped)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    return model, wrapped, (fast, slow), x, y
+
+
+@pytest.mark.parametrize("callback", ["LearningRateScheduler", "ReduceLROnPlateau"])
+def test_keras_lr_callbacks_change_each_inner_rate(keras_promotion, callback):
+    model, wrapped, (fast, slow), x, y = _multi_model()
+    assert [o.name for o in wrapped.optimizers] == ["fast", "slow"]
+    if callback == "LearningRateScheduler":
+        cb = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5 if epoch == 1 else lr)
+    else:   # no epoch can beat the first by 1e9: one halving after epoch 1 (patience 1)
+        cb = keras.callbacks.ReduceLROnPlateau(monitor="loss", mode="max", factor=0.5,
+                                               patience=1, min_delta=1e9)
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    assert len(history.history["loss"]) == 2
+    rates = [float(o.learning_rate) for o in wrapped.optimizers]
+    np.testing.assert_allclose(rates, [0.05, 0.005], rtol=1e-6)
+    # The kopt optimizers themselves, and the state Keras trained with, have the new rates.
+    np.testing.assert_allclose([float(fast.learning_rate), float(slow.learning_rate)],
+                               [0.05, 0.005], rtol=1e-6)
+    assert int(fast.iterations) == 4
+
+
+def test_lr_scheduler_rate_is_the_one_the_next_epoch_trains_with(keras_promotion):
+    """The halved rates reach Keras's compiled step: the second epoch's update of every
+    kernel is what the new rates give."""
+    model, wrapped, (fast, slow), x, y = _multi_model()
+    cb = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.0 if epoch == 1 else lr)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = [np.array(v.value) for v in model.trainable_variables]
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=16, verbose=0, callbacks=[cb])
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(b, np.array(v.value))   # rate 0.0: nothing moved
+    assert int(fast.iterations) == 2
+
+
+def test_single_wrapped_optimizer_has_no_optimizers():
+    assert not hasattr(kopt_keras.wrap(SGD(0.1)), "optimizers")
+    assert not hasattr(keras.optimizers.SGD(0.1), "optimizers")
+
+
+# ----------------------------------------------------------------- item 9: opt readable
+def _leaves_equal(opt, wrapped):
+    """`opt`'s state, leaf by leaf, is what the Keras optimizer variables hold."""
+    keras_values = [np.array(v.value) for v in wrapped._state_vars]
+    ours = [np.array(x) for x in jax.tree.leaves(opt.state)]
+    assert len(ours) == len(keras_values)
+    for a, b in zip(ours, keras_values):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda: kopt.optimizers.Adam(0.1),
+                                  lambda: LossScaleOptimizer(kopt.optimizers.Adam(0.1))],
+                         ids=["adam", "lso"])
+def test_wrapped_optimizer_stays_readable_after_fit_and_train_on_batch(keras_promotion, make):
+    opt = make()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    wrapped = kopt_keras.wrap(opt)
+    model.compile(loss="mse", optimizer=wrapped)
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3)
+    y = np.ones((8, 1), np.float32)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert int(opt.iterations) == 4 == int(wrapped.iterations.value)
+    weights = opt.get_weights()
+    assert int(weights[0]) == 4
+    assert any(np.abs(w).sum() > 0 for w in weights[1:])   # trained slots, not the initial zeros
+    _leaves_equal(opt, wrapped)
+    for step in range(5, 8):
+        model.train_on_batch(x, y)
+        assert int(opt.iterations) == step
+        assert int(opt.get_weights()[0]) == step
+        _leaves_equal(opt, wrapped)
+    # A later fit continues from there, and opt follows again.
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert int(opt.iterations) == 9
+    _leaves_equal(opt, wrapped)
+
+
+def test_opt_follows_a_model_loaded_from_disk(keras_promotion, tmp_path):
+    opt = kopt.optimizers.Adam(0.1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(loss="mse", optimizer=kopt_keras.wrap(opt))
+    x, y = np.ones((4, 3), np.float32), np.ones((4, 1), np.float32)
+    model.fit(x, y, epochs=3, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    inner = loaded.optimizer._kopt
+    assert int(inner.iterations) == 3
+    for a, b in zip(inner.get_weights(), opt.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------- item 10: LSO arguments
+@pytest.mark.parametrize("kwargs", [
+    {"clipnorm": 1.0}, {"use_ema": True}, {"loss_scale_factor": 2.0},
+    {"gradient_accumulation_steps": 2}, {"dynamic": False}, {"bogus": 1, "other": 2},
+], ids=lambda k: ",".join(k))
+def test_loss_scale_optimizer_unsupported_arguments_have_keras_text(kwargs):
+    keras_text = message_of(
+        lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), **kwargs))
+    with pytest.raises(ValueError) as info:
+        LossScaleOptimizer(SGD(0.1), **kwargs)
+    assert keras_text in str(info.value)
+    if "dynamic" not in kwargs:   # kopt's details: the value received
+        key = next(iter(kwargs))
+        assert f"{key}={kwargs[key]!r}" in str(info.value)
+    # Keras's old configs carry these at their defaults: accepted, as Keras.
+    LossScaleOptimizer(SGD(0.1), clipnorm=None, use_ema=False, ema_momentum=0.99)
+
+
+# ----------------------------------------------------------------- issue 14: all-or-nothing
+def _trained_lso():
+    w = kopt.Variable(jnp.asarray([1.0, -2.0]), name="w")
+    lso = LossScaleOptimizer(kopt.optimizers.Adam(0.1), initial_scale=8.0,
+                             dynamic_growth_steps=100)
+    for g in ([0.5, 1.0], [1.0, -1.0], [jnp.inf, 0.0]):
+        lso.apply_gradients([(jnp.asarray(g), w)])
+    return lso, w
+
+
+@pytest.mark.parametrize("entry,value,text", [
+    (1, np.int64(2**31), "step_counter"),
+    (1, -1, "step_counter"),
+    (1, 100, "dynamic_growth_steps=100"),
+    (1, 1.5, "step_counter"),
+    (2, 1e39, "float32"),
+    (2, np.float64(1e-50), "float32"),
+    (2, np.nan, "dynamic_scale"),
+    (2, -4.0, "dynamic_scale"),
+    (2, np.inf, "dynamic_scale"),
+])
+def test_loss_scale_set_weights_is_all_or_nothing(entry, value, text):
+    lso, _ = _trained_lso()
+    before = lso.get_weights()
+    good = [np.array(w) for w in before]
+    good[0] = np.asarray(7, np.int32)   # a change the inner optimizer would accept
+    bad = list(good)
+    bad[entry] = np.asarray(value)
+    with pytest.raises(ValueError, match=text):
+        lso.set_weights(bad)
+    after = lso.get_weights()
+    assert len(after) == len(before)
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert int(lso.iterations) == int(before[0])
+    # The valid list loads in full.
+    lso.set_weights(good)
+    assert int(lso.iterations) == 7
+    for a, b in zip(lso.get_weights(), good):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loss_scale_minimize_refuses_an_integer_loss():
+    lso, w = _trained_lso()
+    before, state = w.numpy(), lso.get_weights()
+    with pytest.raises(TypeError, match="floating-point.*int32"):
+        lso.minimize(lambda vs: jnp.sum(vs[0]).astype(jnp.int32), [w])
+    np.testing.assert_array_equal(w.numpy(), before)
+    for a, b in zip(lso.get_weights(), state):
+        np.testing.assert_array_equal(a, b)
+    # A float loss still steps.
+    lso.minimize(lambda vs: jnp.sum(vs[0] ** 2), [w])
+    assert int(lso.iterations) == int(state[0]) + 1
