@@ -301,3 +301,15 @@ def test_loss_scale_minimize_refuses_an_integer_loss():
     # A float loss still steps.
     lso.minimize(lambda vs: jnp.sum(vs[0] ** 2), [w])
     assert int(lso.iterations) == int(state[0]) + 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LossScaleOptimizer(SGD(0.1)),
+    lambda: MultiOptimizer(OptimizerMap(SGD(0.1))),
+    lambda: kopt.optimizers.Optimizer.from_transform(kopt.functional.sgd(0.1)),
+], ids=["lso", "multi", "transform"])
+def test_set_weights_on_an_unbuilt_wrapper_has_keras_text(make):
+    keras_text = message_of(lambda: keras.optimizers.SGD(0.1).set_weights([np.zeros(())]))
+    with pytest.raises(ValueError) as info:
+        make().set_weights([np.zeros((), np.int32)])
+    assert keras_text in str(info.value)

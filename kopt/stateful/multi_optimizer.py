@@ -584,7 +584,10 @@ class MultiOptimizer(Optimizer):
         """Load a list made by `get_weights` (validated in full before any change)."""
         if not self.built:
             raise ValueError(
-                "set_weights() needs a built optimizer: call opt.build(variables) first.")
+                "You are calling `set_weights()` on an optimizer that has not yet been built. "
+                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
+                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
+                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
         if not isinstance(weights, (list, tuple)):
             raise TypeError(
                 f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
