@@ -313,3 +313,29 @@ def test_set_weights_on_an_unbuilt_wrapper_has_keras_text(make):
     with pytest.raises(ValueError) as info:
         make().set_weights([np.zeros((), np.int32)])
     assert keras_text in str(info.value)
+
+
+def test_wrapped_loss_scale_optimizer_scales_the_loss_in_fit(keras_promotion):
+    """Keras's trainer differentiates `optimizer.scale_loss(loss)`: through `wrap`, a kopt
+    LossScaleOptimizer's dynamic scale, so `fit` takes the steps Keras's own
+    LossScaleOptimizer takes (before, the gradients were divided by a scale the loss was
+    never multiplied by)."""
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(8, 2)
+    y = x @ np.asarray([[1.0], [-2.0]], np.float32)
+
+    def train(optimizer):
+        model = keras.Sequential([keras.Input((2,)),
+                                  keras.layers.Dense(1, kernel_initializer="ones")])
+        model.compile(loss="mse", optimizer=optimizer)
+        model.fit(x, y, epochs=5, batch_size=8, verbose=0)
+        return [np.array(v.value) for v in model.trainable_variables]
+
+    lso = LossScaleOptimizer(SGD(0.1), initial_scale=1024.0, dynamic_growth_steps=2)
+    ours = train(kopt_keras.wrap(lso))
+    theirs_opt = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1), initial_scale=1024.0, dynamic_growth_steps=2)
+    theirs = train(theirs_opt)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert float(lso.dynamic_scale) == float(theirs_opt.dynamic_scale.value) == 4096.0
+    assert int(lso.iterations) == 5

@@ -55,6 +55,7 @@ from kopt.functional.base import iteration_count
 from kopt.functional.buckets import Packed
 from kopt.functional.quantize import Quantized
 from kopt.stateful import registry
+from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer, _times
 from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer, _var_name
 
@@ -217,6 +218,7 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         self._pending = set()    # state variables Keras wrote since kopt last followed
         self._pushing = False
         self._views = None
+        self._scale_index = None   # which state variable holds a LossScaleOptimizer's scale
 
     # ----------------------------------------------------------------- state sync
     @property
@@ -294,9 +296,23 @@ class KoptOptimizer(keras.optimizers.Optimizer):
             self._track_variable(var)
             var._kopt_owner = owner
             self._state_vars.append(var)
+        if isinstance(self._kopt, LossScaleOptimizer):
+            paths = jax.tree_util.tree_flatten_with_path(self._kopt.state)[0]
+            self._scale_index = next(i for i, (path, _) in enumerate(paths)
+                                     if getattr(path[0], "name", None) == "dynamic_scale")
         self._iterations.assign(jnp.asarray(self._kopt.iterations, self._iterations.dtype))
 
     # ----------------------------------------------------------------- updates
+    def scale_loss(self, loss):
+        """What Keras's trainer differentiates: `loss` times a `LossScaleOptimizer`'s
+        current dynamic scale (read from the state inside the compiled step), or times
+        `loss_scale_factor`."""
+        if self._scale_index is not None:
+            return _times(loss, self._state_vars[self._scale_index].value)
+        if not self.built and isinstance(self._kopt, LossScaleOptimizer):
+            return self._kopt.scale_loss(loss)
+        return super().scale_loss(loss)
+
     def apply(self, grads, trainable_variables=None):
         """Eager update: kopt's compiled, donated step on the Keras variables."""
         if trainable_variables is None:
