@@ -339,3 +339,40 @@ def test_wrapped_loss_scale_optimizer_scales_the_loss_in_fit(keras_promotion):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     assert float(lso.dynamic_scale) == float(theirs_opt.dynamic_scale.value) == 4096.0
     assert int(lso.iterations) == 5
+
+
+def _trained_multi_and_transform():
+    w = kopt.Variable(jnp.asarray([1.0, -2.0]), name="w")
+    multi = MultiOptimizer(OptimizerMap(SGD(0.1, momentum=0.9)))
+    u = kopt.Variable(jnp.asarray([3.0, 4.0]), name="u")
+    tx = kopt.optimizers.Optimizer.from_transform(kopt.functional.sgd(0.1, momentum=0.9))
+    for g in ([0.5, 1.0], [1.0, -1.0]):
+        multi.apply_gradients([(jnp.asarray(g), w)])
+        tx.apply_gradients([(jnp.asarray(g), u)])
+    return multi, tx
+
+
+@pytest.mark.parametrize("count", [np.int64(2**31), -1, np.nan, np.inf, 2.5, np.zeros(2)],
+                         ids=["2**31", "-1", "nan", "inf", "2.5", "vector"])
+def test_wrapper_set_weights_refuses_a_bad_count_and_changes_nothing(count):
+    for opt in _trained_multi_and_transform():
+        before = opt.get_weights()
+        bad = [np.asarray(count)] + [np.array(w) + 1 for w in before[1:]]
+        with pytest.raises(ValueError, match="entry 0 must be the iteration count"):
+            opt.set_weights(bad)
+        for a, b in zip(opt.get_weights(), before):
+            np.testing.assert_array_equal(a, b)
+        assert int(opt.iterations) == 2
+
+
+def test_transform_optimizer_set_weights_copies_its_input():
+    _, tx = _trained_multi_and_transform()
+    weights = [np.array(w) for w in tx.get_weights()]
+    weights[0] = np.asarray(2**31 - 1)   # the largest count int32 holds
+    tx.set_weights(weights)
+    assert int(tx.iterations) == 2**31 - 1
+    loaded = [np.array(w) for w in tx.get_weights()]
+    for w in weights[1:]:
+        w += np.asarray(100, w.dtype)   # later writes to the arrays handed in do not reach the state
+    for a, b in zip(tx.get_weights(), loaded):
+        np.testing.assert_array_equal(a, b)

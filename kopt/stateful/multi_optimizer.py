@@ -22,6 +22,7 @@ from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
 from kopt.stateful.optimizer import Optimizer, _check_grads, _is_variable, _var_name
+from kopt.stateful.transform_optimizer import _iteration_count
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
@@ -597,14 +598,7 @@ class MultiOptimizer(Optimizer):
             raise ValueError(
                 f"set_weights expected a list of {1 + sum(sizes)} arrays (iterations, then "
                 f"{layout}); received {len(weights)}.")
-        count = np.asarray(weights[0])
-        if count.shape != () or not (np.issubdtype(count.dtype, np.integer)
-                                     or (np.issubdtype(count.dtype, np.floating)
-                                         and float(count) == int(count))):
-            raise ValueError(
-                "set_weights: entry 0 must be the iteration count, a 0-d integer. "
-                f"Received shape {count.shape}, dtype {count.dtype}.")
-        count = int(count)
+        count = _iteration_count(weights[0])
         saved = [(opt._state, opt._iterations) for _, opt, _ in self._active]
         start = 1
         try:
