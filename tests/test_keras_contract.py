@@ -125,7 +125,7 @@ def test_nested_wrapper_fails_at_build_with_keras_message(nested):
 
 
 # ----------------------------------------------------------------- item 3: LR callbacks
-def _multi_model():
+def _multi_model(around=None):
     init = keras.initializers.GlorotUniform(seed=0)
     model = keras.Sequential([
         keras.Input((3,)),
@@ -133,7 +133,8 @@ def _multi_model():
         keras.layers.Dense(1, name="head", kernel_initializer=init),
     ])
     fast, slow = SGD(0.1, name="fast"), SGD(0.01, name="slow")
-    wrapped = kopt_keras.wrap(MultiOptimizer(OptimizerMap(slow, {".*/enc/.*": fast})))
+    multi = MultiOptimizer(OptimizerMap(slow, {".*/enc/.*": fast}))
+    wrapped = kopt_keras.wrap(multi if around is None else around(multi))
     model.compile(loss="mse", optimizer=wrapped)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 3)).astype(np.float32)
@@ -141,9 +142,10 @@ def _multi_model():
     return model, wrapped, (fast, slow), x, y
 
 
+@pytest.mark.parametrize("around", [None, LossScaleOptimizer], ids=["multi", "lso-multi"])
 @pytest.mark.parametrize("callback", ["LearningRateScheduler", "ReduceLROnPlateau"])
-def test_keras_lr_callbacks_change_each_inner_rate(keras_promotion, callback):
-    model, wrapped, (fast, slow), x, y = _multi_model()
+def test_keras_lr_callbacks_change_each_inner_rate(keras_promotion, callback, around):
+    model, wrapped, (fast, slow), x, y = _multi_model(around)
     assert [o.name for o in wrapped.optimizers] == ["fast", "slow"]
     if callback == "LearningRateScheduler":
         cb = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5 if epoch == 1 else lr)
@@ -174,7 +176,12 @@ def test_lr_scheduler_rate_is_the_one_the_next_epoch_trains_with(keras_promotion
 
 
 def test_single_wrapped_optimizer_has_no_optimizers():
+    import copy
     assert not hasattr(kopt_keras.wrap(SGD(0.1)), "optimizers")
+    view = kopt_keras.wrap(MultiOptimizer(OptimizerMap(SGD(0.1)))).optimizers[0]
+    assert copy.copy(view).name == "sgd"
+    with pytest.raises(AttributeError, match="Only `learning_rate`"):
+        view.momentum = 0.5
     assert not hasattr(keras.optimizers.SGD(0.1), "optimizers")
 
 

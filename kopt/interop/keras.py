@@ -161,6 +161,8 @@ class _InnerOptimizerView:
         return self._optimizer
 
     def __getattr__(self, key):
+        if key.startswith("__") or key in ("_wrapper", "_optimizer"):
+            raise AttributeError(key)   # copy/pickle probing a half-made view
         return getattr(self.optimizer, key)
 
     def __setattr__(self, key, value):
