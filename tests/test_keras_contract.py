@@ -268,7 +268,6 @@ def _trained_lso():
 @pytest.mark.parametrize("entry,value,text", [
     (1, np.int64(2**31), "step_counter"),
     (1, -1, "step_counter"),
-    (1, 100, "dynamic_growth_steps=100"),
     (1, 1.5, "step_counter"),
     (2, 1e39, "float32"),
     (2, np.float64(1e-50), "float32"),

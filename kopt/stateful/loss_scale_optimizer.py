@@ -294,7 +294,7 @@ class LossScaleOptimizer(Optimizer):
                 f"set_weights expected a list of {expected} arrays (iterations, step_counter, "
                 f"dynamic_scale, then the {expected - 3} of the inner optimizer "
                 f"{self.inner_optimizer.name!r}); received {len(weights)}.")
-        own = _own_weights(weights[1], weights[2], self.dynamic_growth_steps)
+        own = _own_weights(weights[1], weights[2])
 
         def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
             k = int(match.group(1))
@@ -349,7 +349,7 @@ def _turn_off_loss_scale_factor(opt: Optimizer) -> None:
 _INT32 = np.iinfo(np.int32)
 
 
-def _own_weights(counter, scale, growth_steps: int):
+def _own_weights(counter, scale):
     """`(step_counter, dynamic_scale)` as the state holds them, from `set_weights` entries
     1 and 2; every check is done before anything is converted."""
     counter, scale = np.asarray(counter), np.asarray(scale)
@@ -358,11 +358,6 @@ def _own_weights(counter, scale, growth_steps: int):
         raise ValueError(
             "set_weights: entry 1 (step_counter) must be a 0-d integer in [0, "
             f"{_INT32.max}] (int32). Received: {_describe(counter)}.")
-    if int(counter) >= growth_steps:
-        raise ValueError(
-            "set_weights: entry 1 (step_counter) must be less than dynamic_growth_steps="
-            f"{growth_steps}, or the loss scale would never grow again. Received: "
-            f"{_describe(counter)}.")
     if not (scale.shape == () and _is_real(scale)):
         raise ValueError(
             "set_weights: entry 2 (dynamic_scale) must be a 0-d number, finite and > 0 in "
