@@ -382,3 +382,35 @@ def test_transform_optimizer_set_weights_copies_its_input():
         w += np.asarray(100, w.dtype)   # later writes to the arrays handed in do not reach the state
     for a, b in zip(tx.get_weights(), loaded):
         np.testing.assert_array_equal(a, b)
+
+
+def test_multi_optimizer_misuse_has_keras_type_and_text():
+    """issue 13, item 10: the same exception type as Keras, Keras's text in the message."""
+    k_sgd, sgd = keras.optimizers.SGD(), SGD(0.1)
+    k_map, our_map = (keras.optimizers.OptimizerMap(k_sgd, {"a.*": keras.optimizers.SGD()}),
+                      OptimizerMap(sgd, {"a.*": SGD(0.1)}))
+    keras_multi = keras.optimizers.MultiOptimizer(k_map)
+    our_multi = MultiOptimizer(our_map)
+    pairs = [
+        (lambda: keras_multi.learning_rate, lambda: our_multi.learning_rate),
+        (lambda: setattr(keras_multi, "learning_rate", 0.1),
+         lambda: setattr(our_multi, "learning_rate", 0.1)),
+        (lambda: keras.optimizers.OptimizerMap("sgd"), lambda: OptimizerMap("sgd")),
+        (lambda: k_map.__setitem__("b", "sgd"), lambda: our_map.__setitem__("b", "sgd")),
+        (lambda: k_map.__setitem__(3, k_sgd), lambda: our_map.__setitem__(3, sgd)),
+    ]
+    for theirs, ours in pairs:
+        with pytest.raises(Exception) as keras_info:
+            theirs()
+        with pytest.raises(type(keras_info.value)) as info:
+            ours()
+        assert str(keras_info.value) in str(info.value)
+    # Texts that hold the optimizer or a regex match: Keras's sentence, kopt's objects.
+    k_map["ab.*"], our_map["ab.*"] = keras.optimizers.SGD(), SGD(0.1)
+    with pytest.raises(ValueError, match="Multiple optimizers assigned to variable abc"):
+        our_map["abc"]
+    with pytest.raises(ValueError, match="Multiple optimizers assigned to variable abc"):
+        k_map["abc"]
+    for m in (k_map, our_map):
+        with pytest.raises(ValueError, match=r"'ab\.\*' already exists in the OptimizerMap with"):
+            m["ab.*"] = m["ab.*"]

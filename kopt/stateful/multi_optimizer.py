@@ -26,9 +26,16 @@ from kopt.stateful.transform_optimizer import _iteration_count
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
-_LR_MESSAGE = (
-    "A MultiOptimizer has no learning rate of its own: each inner optimizer has one. "
-    "Read or set it on `multi.optimizers[i].learning_rate` instead."
+# Keras's messages, then kopt's.
+_LR_GET_MESSAGE = (
+    "Learning rate cannot be accessed on a MultiOptimizer. Access the learning rate on the "
+    "individual sub-optimizers instead. A MultiOptimizer has no learning rate of its own: "
+    "each inner optimizer has one. Read it on `multi.optimizers[i].learning_rate`."
+)
+_LR_SET_MESSAGE = (
+    "Learning rate cannot be set on a MultiOptimizer. Set the learning rate on the "
+    "individual sub-optimizers instead. A MultiOptimizer has no learning rate of its own: "
+    "each inner optimizer has one. Set it on `multi.optimizers[i].learning_rate`."
 )
 
 
@@ -93,8 +100,11 @@ class OptimizerMap(MutableMapping):
 
     def __init__(self, default_optimizer: Optimizer | None = None,
                  optimizer_map: dict[str, Optimizer] | None = None):
-        if default_optimizer is not None:
-            _check_type(default_optimizer, "default_optimizer")
+        if default_optimizer is not None and not isinstance(default_optimizer, Optimizer):
+            raise TypeError(   # Keras's type and text, then kopt's
+                "default_optimizer must be a Keras Optimizer instance. Received: "
+                f"{default_optimizer} (kopt: a kopt optimizer such as kopt.optimizers.SGD(0.1), "
+                f"or None; received {default_optimizer!r}).")
         if optimizer_map is not None and not isinstance(optimizer_map, dict):
             raise TypeError(f"optimizer_map must be a dict. Received: {optimizer_map!r}")
         self._default_optimizer = default_optimizer
@@ -114,8 +124,9 @@ class OptimizerMap(MutableMapping):
         matches = [p for p in self._optimizer_map if re.fullmatch(p, key)]
         if len(matches) > 1:
             raise ValueError(
-                f"Variable {key!r} matches more than one key of the OptimizerMap: {matches}. "
-                "Each variable must have exactly one optimizer.")
+                f"Multiple optimizers assigned to variable {key}. Variable {key!r} matches "
+                f"more than one key of the OptimizerMap: {matches}. Each variable must have "
+                "exactly one optimizer.")
         if matches:
             return self._optimizer_map[matches[0]]
         if self._default_optimizer is None:
@@ -126,15 +137,23 @@ class OptimizerMap(MutableMapping):
         self._put(key, optimizer, nested_ok=False)
 
     def _put(self, key: str, optimizer: Optimizer, nested_ok: bool) -> None:
+        # Keras's texts first, then kopt's details.
+        if isinstance(key, str) and key in self._optimizer_map:
+            raise ValueError(
+                f"'{key}' already exists in the OptimizerMap with value "
+                f"{self._optimizer_map[key]}. Please make sure to not use duplicated keys. "
+                f"(kopt: the key {key!r} is already in the OptimizerMap; keys must be unique.)")
         if not isinstance(key, str):
             raise ValueError(f"An OptimizerMap key must be a string. Received: {key!r}")
-        if key in self._optimizer_map:
-            raise ValueError(f"The key {key!r} is already in the OptimizerMap; keys must be unique.")
         try:
             re.compile(key)
         except re.error as e:
             raise ValueError(f"The OptimizerMap key {key!r} is not a valid regex: {e}") from e
         where = f"The optimizer for key {key!r}"
+        if not nested_ok and not isinstance(optimizer, Optimizer):
+            raise ValueError(
+                f"optimizer must be a Keras Optimizer instance. Received: {optimizer} "
+                f"(kopt: {where} must be a kopt optimizer instance; received {optimizer!r}).")
         _check_type(optimizer, where)
         err = None if nested_ok else _nesting_error(optimizer, where, setitem=True)
         if err is not None:
@@ -550,15 +569,15 @@ class MultiOptimizer(Optimizer):
     # ----------------------------------------------------------------- learning rate
     @property
     def learning_rate(self):
-        raise AttributeError(_LR_MESSAGE)
+        raise AttributeError(_LR_GET_MESSAGE)
 
     @learning_rate.setter
     def learning_rate(self, value):
-        raise AttributeError(_LR_MESSAGE)
+        raise AttributeError(f"{_LR_SET_MESSAGE} Received: learning_rate={value!r}")
 
     def __getattr__(self, key):
         if key == "learning_rate":   # keep the message when the property raises
-            raise AttributeError(_LR_MESSAGE)
+            raise AttributeError(_LR_GET_MESSAGE)
         return super().__getattr__(key)
 
     # ----------------------------------------------------------------- weights
