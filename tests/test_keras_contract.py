@@ -188,7 +188,7 @@ def test_single_wrapped_optimizer_has_no_optimizers():
 # ----------------------------------------------------------------- item 9: opt readable
 def _leaves_equal(opt, wrapped):
     """`opt`'s state, leaf by leaf, is what the Keras optimizer variables hold."""
-    keras_values = [np.array(v.value) for v in wrapped._state_vars]
+    keras_values = [np.array(v.value) for v in wrapped.variables[1:]]   # after `iteration`
     ours = [np.array(x) for x in jax.tree.leaves(opt.state)]
     assert len(ours) == len(keras_values)
     for a, b in zip(ours, keras_values):
@@ -414,3 +414,27 @@ def test_multi_optimizer_misuse_has_keras_type_and_text():
     for m in (k_map, our_map):
         with pytest.raises(ValueError, match=r"'ab\.\*' already exists in the OptimizerMap with"):
             m["ab.*"] = m["ab.*"]
+
+
+def test_wrapper_stateless_apply_misuse_has_keras_text():
+    variables = [keras.Variable(np.ones(3, np.float32))]
+    values, grads = [v.value for v in variables], [np.ones(3, np.float32)]
+    ours, theirs = kopt_keras.wrap(SGD(0.1)), keras.optimizers.SGD(0.1)
+    # Unbuilt: Keras's sentence, with our class name.
+    keras_text = message_of(lambda: theirs.stateless_apply([], grads, values))
+    with pytest.raises(ValueError) as info:
+        ours.stateless_apply([], grads, values)
+    assert keras_text.replace("SGD", "KoptOptimizer") in str(info.value)
+    # Built, with the wrong number of optimizer variables or of trainable values.
+    ours.build(variables)
+    theirs.build(variables)
+    for opt_vars, train in (([], values), (None, values + values)):
+        def call(o, opt_vars=opt_vars, train=train):
+            return o.stateless_apply([v.value for v in o.variables] if opt_vars is None
+                                     else opt_vars, grads, train)
+        keras_text = message_of(lambda: call(theirs))
+        with pytest.raises(ValueError) as info:
+            call(ours)
+        sentence = keras_text.replace("SGD", "KoptOptimizer").split(". Received")[0]
+        assert sentence in str(info.value)
+        assert str(len(train) if opt_vars is None else 0) in str(info.value)

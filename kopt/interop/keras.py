@@ -339,18 +339,25 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         `optimizer_variables` and the returned list follow `self.variables`; the
         trainable values follow the variables this optimizer was built with.
         """
+        name = type(self).__name__   # Keras's texts, then kopt's
         if not self.built:
             raise ValueError(
-                f"To call `stateless_apply`, {type(self).__name__} must be built: call "
-                "optimizer.build(trainable_variables) first.")
+                f"To call `stateless_apply`, {name} must be built (i.e. its variables must "
+                "have been created). You can build it via "
+                "`optimizer.build(trainable_variables)`.")
         if len(optimizer_variables) != len(self.variables):
             raise ValueError(
-                f"stateless_apply expected {len(self.variables)} optimizer variables (one "
-                f"per entry of optimizer.variables); received {len(optimizer_variables)}.")
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {name}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {len(self.variables)} variables. "
+                f"(kopt: Keras's iteration counter, then one per array leaf of the kopt "
+                f"optimizer's state.)")
         if len(trainable_variables) != len(self._trainable_variables):
             raise ValueError(
-                f"stateless_apply expected {len(self._trainable_variables)} trainable "
-                f"values, as built; received {len(trainable_variables)}.")
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                "to the trainable variables list that the optimizer was built with. Received "
+                f"len(trainable_variables) == {len(trainable_variables)} whereas the "
+                f"optimizer was built with {len(self._trainable_variables)} variables.")
         # A wrapping LossScaleOptimizer passes our Keras variables themselves, inside a
         # StatelessScope that maps them to their values.
         current = {id(v): x.value if isinstance(x, keras.Variable) else x
