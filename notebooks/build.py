@@ -28,12 +28,14 @@ XLA_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
 REPO = "kopt-dev/kopt"  # GitHub owner/name for the Colab link (a placeholder until the repo is public)
 
 COLAB_INSTALL = """\
-# In Colab, install kopt from PyPI; anywhere else, use the kopt already installed.
+# kopt is not on PyPI yet (the PyPI package named `kopt` is an unrelated project). In Colab,
+# upload or clone a kopt checkout into ./kopt and install it from there; anywhere else, use
+# the kopt already installed.
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "kopt-jax"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "./kopt"], check=True)
 """
 
 
@@ -759,11 +761,12 @@ COLAB_TPU = [
     md("""
     ## Install
 
-    In Colab, the next cell installs kopt from PyPI (the distribution is `kopt-jax`; the
-    import name is `kopt`). Colab's runtimes already ship JAX built for their accelerator,
-    and kopt needs only `jax` and `numpy`, so the install leaves JAX as it is. Anywhere else
-    the cell does nothing: install kopt yourself first (`pip install kopt-jax`, or
-    `pip install -e .` in a checkout).
+    kopt is not on PyPI yet (the PyPI package named `kopt` is an unrelated project). In
+    Colab, upload or clone a kopt checkout into `./kopt`; the next cell installs it from
+    there (the distribution is `kopt-jax`, the import name `kopt`). Colab's runtimes already
+    ship JAX built for their accelerator, and kopt needs only `jax` and `numpy`, so the
+    install leaves JAX as it is. Anywhere else the cell does nothing: install kopt yourself
+    first (`pip install -e .` in a checkout).
     """),
     code("""
     import subprocess
@@ -771,8 +774,8 @@ COLAB_TPU = [
 
     IN_COLAB = "google.colab" in sys.modules
     if IN_COLAB:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "kopt-jax"], check=True)
-    print("in Colab: installed kopt-jax" if IN_COLAB else "not in Colab: using the installed kopt")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "./kopt"], check=True)
+    print("in Colab: installed kopt from ./kopt" if IN_COLAB else "not in Colab: using the installed kopt")
     """),
     code("""
     import jax

@@ -299,7 +299,7 @@ CASES = _registry_rows() + [
          ValueError, ("'f_bias'", "(1, 10)", "(10,)")),
     Case(GRAD_MISMATCH, "nadam-python-list",
          lambda c: c.nadam.apply([c.gk, c.gb.tolist()], c.nadam_vars),
-         ValueError, ("'n_bias'", "shape None", "(10,)")),
+         TypeError, ("'n_bias'", "must be an array", "received list")),
     # ---- variables the optimizer was not built with
     Case(NOT_BUILT_WITH, "lso-stranger",
          lambda c: c.lso.apply_gradients([(c.gk, c.lso_vars[0]), (c.gb, c.stranger)]),

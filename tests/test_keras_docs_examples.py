@@ -237,7 +237,10 @@ def test_get_weights_matches_legacy_layout(case, legacy_layout):
         var_name, slot = name[: -len(":0")].split("/")
         want = _first_step_slot(slot, grads[var_name].astype(np.float64), sgd=case.startswith("SGD"))
         np.testing.assert_allclose(w, want, rtol=2e-5, atol=1e-7, err_msg=name)
-    # `variables` / `weights` are the same list, as arrays.
-    assert len(opt.variables) == len(weights) == len(opt.weights)
-    for a, b in zip(opt.variables, weights):
-        np.testing.assert_array_equal(np.asarray(a), b)
+    # `variables` (Keras 3's order: iteration, learning_rate, then each variable's slots)
+    # holds the same arrays as get_weights plus the learning rate.
+    variables = opt.variables
+    assert [v.name for v in variables[:2]] == ["iteration", "learning_rate"]
+    assert len(variables) == len(weights) + 1 == len(opt.weights)
+    rest = sorted((np.asarray(v).tobytes() for v in variables[2:]))
+    assert rest == sorted(w.tobytes() for w in weights[1:])

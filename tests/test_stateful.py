@@ -395,8 +395,9 @@ def test_skipped_variables_and_slots_are_unchanged(mode, buckets):
 
     ga, _, gc = grads_for(variables)
     a, b, c = variables
-    if mode == "none_gradient":
-        opt.apply_gradients([(ga, a), (None, b), (gc, c)])
+    if mode == "none_gradient":   # Keras warns, naming the variable, and skips it
+        with pytest.warns(UserWarning, match=r"Gradients do not exist for variables \['b'\]"):
+            opt.apply_gradients([(ga, a), (None, b), (gc, c)])
     else:
         opt.apply_gradients([(gc, c), (ga, a)])  # a subset, in another order
     assert int(opt.iterations) == 2
@@ -560,26 +561,30 @@ def test_variable_api():
     assert unnamed.name != kopt.Variable(np.zeros(3, np.float32)).name
 
 
-def test_apply_gradients_donates_old_value():
-    """The step donates the Variables' buffers, so an array a user read from `v.value`
-    before `apply_gradients` is deleted afterwards (documented in `kopt.Variable`): read
-    `.value` again, or keep a copy. The array passed to the constructor is copied, so it
-    survives."""
+def test_value_held_by_the_user_survives_a_step():
+    """The step consumes only buffers no one else holds: an array read from `v.value` and
+    still referenced when the step runs is copied, not deleted (SPEC §5 ownership)."""
     initial = jnp.asarray(ONES)
     v = kopt.Variable(initial, name="kernel")
     opt = kopt.optimizers.SGD(0.1)
     old = v.value
-    copied = np.array(old)  # jax.Array.__array__ copies; a zero-copy view would pin the buffer
     opt.apply_gradients([(ONES, v)])
-
-    assert old.is_deleted()
-    with pytest.raises(RuntimeError, match="deleted"):
-        np.asarray(old)
-    new = v.value
-    assert not new.is_deleted()
-    np.testing.assert_allclose(np.asarray(new), copied - np.float32(0.1), rtol=1e-6)
+    assert not old.is_deleted()
+    np.testing.assert_array_equal(np.asarray(old), np.ones((20, 10)))
+    np.testing.assert_allclose(np.asarray(v.value), np.ones((20, 10)) - np.float32(0.1), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(initial), np.ones((20, 10)))  # the user's input survives
-    np.testing.assert_array_equal(copied, np.ones((20, 10)))
+
+
+def test_unheld_buffer_is_updated_in_place():
+    """When nothing but the Variable references its buffer, the donated step reuses it:
+    no new allocation for the params (the benchmark's peak-memory row)."""
+    v = kopt.Variable(np.ones((64, 64), np.float32), name="w")
+    opt = kopt.optimizers.SGD(0.1, momentum=0.9)
+    g = jnp.ones((64, 64))
+    opt.apply_gradients([(g, v)])
+    before = v._value.unsafe_buffer_pointer()
+    opt.apply_gradients([(g, v)])
+    assert v._value.unsafe_buffer_pointer() == before
 
 
 def test_numpy_view_taken_before_a_step_keeps_the_old_values():

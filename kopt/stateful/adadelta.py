@@ -30,6 +30,8 @@ class Adadelta(Optimizer):
     """
 
     _factory = staticmethod(functional.adadelta)
+    _keras_slot_groups = (("accum_grad", "accum_var"),)
+    _keras_slot_names = {"accum_grad": "accumulated_grad", "accum_var": "accumulated_delta_var"}
 
     def __init__(
         self,

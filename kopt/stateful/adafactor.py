@@ -33,6 +33,7 @@ class Adafactor(Optimizer):
     """
 
     _factory = staticmethod(adafactor)
+    _keras_slot_groups = (("r", "c", "v"),)
 
     def __init__(
         self,

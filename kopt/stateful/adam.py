@@ -28,6 +28,7 @@ class Adam(Optimizer):
     """
 
     _factory = staticmethod(functional.adam)
+    _keras_slot_groups = (("m", "v"), ("vhat",))
 
     def __init__(
         self,

@@ -30,6 +30,8 @@ class Adamax(Optimizer):
     """
 
     _factory = staticmethod(functional.adamax)
+    _keras_slot_groups = (("m", "v"),)
+    _keras_slot_names = {"v": "norm"}
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ class AdamW(Optimizer):
     """
 
     _factory = staticmethod(functional.adamw)
+    _keras_slot_groups = (("m", "v"), ("vhat",))
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ class Ftrl(Optimizer):
     """
 
     _factory = staticmethod(functional.ftrl)
+    _keras_slot_groups = (("accumulator", "linear"),)
 
     def __init__(
         self,

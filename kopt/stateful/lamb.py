@@ -29,6 +29,7 @@ class Lamb(Optimizer):
     """
 
     _factory = staticmethod(lamb)
+    _keras_slot_groups = (("m", "v"),)
 
     def __init__(
         self,

@@ -12,8 +12,10 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
-from kopt.stateful.multi_optimizer import MultiOptimizer
-from kopt.stateful.optimizer import Optimizer, _read, _tracing, _write
+from kopt.stateful.multi_optimizer import MultiOptimizer, keras_codec
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.variable import LOCK
 
 __all__ = ["LossScaleOptimizer"]
 
@@ -124,6 +126,19 @@ class LossScaleOptimizer(Optimizer):
             self.inner_optimizer._state = state.inner
 
     @property
+    def _state_lent(self):
+        """Whether this state (or the inner optimizer's part of it) was handed out and
+        must be copied before a step consumes it."""
+        return bool(self.__dict__.get("_own_lent")) or bool(
+            getattr(self.inner_optimizer, "_state_lent", False))
+
+    @_state_lent.setter
+    def _state_lent(self, value):
+        self.__dict__["_own_lent"] = bool(value)
+        if not value and "inner_optimizer" in self.__dict__:
+            self.inner_optimizer._state_lent = False
+
+    @property
     def _iterations(self):
         return self.inner_optimizer._iterations
 
@@ -133,7 +148,7 @@ class LossScaleOptimizer(Optimizer):
 
     def __getstate__(self):
         d = super().__getstate__()
-        for key in ("_state", "_iterations", "_inner_tx"):
+        for key in ("_state", "_iterations", "_inner_tx", "_state_lent"):
             d.pop(key, None)
         if self._own is not None:
             d["_own"] = jax.device_get(self._own)
@@ -171,6 +186,7 @@ class LossScaleOptimizer(Optimizer):
         self._index = dict(self.inner_optimizer._index)
         self._transform = self._make_transform()
         self._own = (jnp.zeros((), jnp.int32), jnp.asarray(self.initial_scale, jnp.float32))
+        self._state_lent = False
         self._compile()
 
     def apply(self, grads, variables=None):
@@ -181,52 +197,62 @@ class LossScaleOptimizer(Optimizer):
     def minimize(self, loss_fn, variables, *args):
         """One compiled step on `loss_fn(values, *args) * dynamic_scale`; returns the loss
         (unscaled)."""
-        if _tracing():
-            raise RuntimeError(
-                "minimize() cannot be called inside a JAX transformation (jit, grad, vmap...). "
-                "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code.")
-        variables = list(variables)
-        if not self.built:
-            self.build(variables)
-        elif [id(v) for v in variables] != [id(v) for v in self._vars]:
-            raise ValueError(
-                "minimize() must be called with the variables the optimizer was built with.")
         self._sync()
-        fn = self._minimize_cache.get(loss_fn)
-        if fn is None:
-            tx = self._transform
+        return super().minimize(loss_fn, variables, *args)
 
-            def run(values, state, *a):
-                def scaled(vals):
-                    loss = loss_fn(list(vals), *a)
-                    dtype = getattr(loss, "dtype", None)
-                    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-                        raise TypeError(
-                            "minimize: loss_fn must return a floating-point scalar, since "
-                            "the step differentiates it; an integer loss has no gradient. "
-                            f"Received: a loss of dtype {dtype} "
-                            f"(loss_fn={getattr(loss_fn, '__name__', loss_fn)!r}).")
-                    return _times(loss, state.dynamic_scale), loss
+    def _loss_step_fn(self, loss_fn):
+        tx = self._transform
 
-                (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
-                updates, state = tx.update(grads, state, values)
-                return loss, apply_updates(values, updates), state, jnp.copy(state.count)
+        def run(values, state, *a):
+            def scaled(vals):
+                loss = loss_fn(list(vals), *a)
+                dtype = getattr(loss, "dtype", None)
+                if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                    raise TypeError(
+                        "minimize: loss_fn must return a floating-point scalar, since the "
+                        "step differentiates it; an integer loss has no gradient. Received: "
+                        f"a loss of dtype {dtype} "
+                        f"(loss_fn={getattr(loss_fn, '__name__', loss_fn)!r}).")
+                return _times(loss, state.dynamic_scale), loss
 
-            fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
-        loss, new_values, self._state, self._iterations = fn(
-            tuple(_read(v) for v in self._vars), self._state, *args)
-        for v, value in zip(self._vars, new_values):
-            _write(v, value)
-        return loss
+            (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
+            updates, state = tx.update(grads, state, values)
+            return loss, apply_updates(values, updates), state, jnp.copy(state.count)
 
-    def stateless_apply(self, state, grads, values):
-        """The pure step for use inside jit: `(state, grads, values) -> (values, state)`.
+        return run
 
-        `state` is `opt.state` (a `LossScaleState`); `grads` are the gradients of the
-        loss times `state.dynamic_scale`. Write back with `opt.state = state`.
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """The pure step for use inside jit, in kopt's form `(state, grads, values) ->
+        (values, state)` with `state` the `LossScaleState` `opt.state`, or in Keras's
+        form with the flat list of the values of `opt.variables`
+        (`[step_counter, dynamic_scale, *inner_optimizer.variables]`), returning
+        `(values, optimizer_variables)`. `grads` are the gradients of the loss times the
+        dynamic scale.
         """
         self._sync()
-        return super().stateless_apply(state, grads, values)
+        if not self.built or isinstance(optimizer_variables, LossScaleState) or not isinstance(
+                optimizer_variables, (list, tuple)):
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        n, unflatten, flatten = self._keras_codec()
+        if len(optimizer_variables) != n:
+            raise ValueError(
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {type(self).__name__}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {n} variables.")
+        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
+        values, state = super().stateless_apply(state, grads, trainable_variables)
+        return values, flatten(state)
+
+    def _keras_codec(self):
+        """Keras's flat form of `variables`: see `kopt.stateful.multi_optimizer.keras_codec`."""
+        m, unflat, flat = keras_codec(self.inner_optimizer)
+
+        def unflatten(values):
+            values = list(values)
+            return LossScaleState(jnp.asarray(values[0], jnp.int32),
+                                  jnp.asarray(values[1], jnp.float32), unflat(values[2:]))
+
+        return 2 + m, unflatten, lambda st: [st.step_counter, st.dynamic_scale, *flat(st.inner)]
 
     # ----------------------------------------------------------------- scale and proxies
     @property
@@ -269,12 +295,30 @@ class LossScaleOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- weights
     @property
-    def variables(self) -> list[jax.Array]:
-        """`[iterations, step_counter, dynamic_scale, *inner slots]` (snapshots)."""
-        if not self.built:
-            return []
-        inner = self.inner_optimizer.variables
-        return [inner[0], jnp.copy(self._own[0]), jnp.copy(self._own[1]), *inner[1:]]
+    def variables(self) -> list:
+        """`[step_counter, dynamic_scale, *inner_optimizer.variables]`, Keras-style views
+        (Keras's own LossScaleOptimizer also lists an unused iteration and learning rate
+        of its own first)."""
+        with LOCK:
+            if not self.built:
+                return []
+            own = [OptimizerVariable(name, f"{self.name}/{name}",
+                                     read=lambda k=k: jnp.copy(self._own[k]),
+                                     write=lambda x, k=k: self._write_own(k, x))
+                   for k, name in enumerate(("step_counter", "dynamic_scale"))]
+            return own + list(self.inner_optimizer.variables)
+
+    def _write_own(self, k, value):
+        with LOCK:
+            own = list(self._own)
+            args = [own[0], own[1]]
+            args[k] = value
+            own[k] = _own_weights(*args)[k]
+            self._own = tuple(own)
+
+    def _weight_arrays(self) -> list:
+        inner = self.inner_optimizer._weight_arrays()
+        return [inner[0], self._own[0], self._own[1], *inner[1:]]
 
     def set_weights(self, weights) -> None:
         """Load `[iterations, step_counter, dynamic_scale, *inner slots]` (validated in
@@ -288,26 +332,28 @@ class LossScaleOptimizer(Optimizer):
         if not isinstance(weights, (list, tuple)):
             raise TypeError(
                 f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
-        expected = 2 + len(self.inner_optimizer.variables)
-        if len(weights) != expected:
-            raise ValueError(
-                f"set_weights expected a list of {expected} arrays (iterations, step_counter, "
-                f"dynamic_scale, then the {expected - 3} of the inner optimizer "
-                f"{self.inner_optimizer.name!r}); received {len(weights)}.")
-        own = _own_weights(weights[1], weights[2])
+        with LOCK:
+            expected = 2 + len(self.inner_optimizer._weight_arrays())
+            if len(weights) != expected:
+                raise ValueError(
+                    f"set_weights expected a list of {expected} arrays (iterations, "
+                    f"step_counter, dynamic_scale, then the {expected - 3} of the inner "
+                    f"optimizer {self.inner_optimizer.name!r}); received {len(weights)}.")
+            own = _own_weights(weights[1], weights[2])
 
-        def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
-            k = int(match.group(1))
-            return f"entry {k + 2 if k else 0}"
+            def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
+                k = int(match.group(1))
+                return f"entry {k + 2 if k else 0}"
 
-        # Everything of our own is checked (and converted) above; the inner optimizer's
-        # set_weights checks its part in full before changing anything, so after it
-        # succeeds nothing below can fail.
-        try:
-            self.inner_optimizer.set_weights([weights[0], *weights[3:]])
-        except (ValueError, TypeError) as e:
-            raise type(e)(re.sub(r"entry (\d+)", renumber, str(e))) from None
-        self._own = own
+            # Everything is checked and converted before anything is assigned.
+            try:
+                state = self.inner_optimizer._state_from_weights([weights[0], *weights[3:]])
+            except (ValueError, TypeError) as e:
+                raise type(e)(re.sub(r"entry (\d+)", renumber, str(e))) from None
+            self.inner_optimizer._state = state
+            self.inner_optimizer._iterations = jnp.copy(state.count)
+            self._own = own
+            self._state_lent = False
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:

@@ -449,7 +449,7 @@ class MultiOptimizer(Optimizer):
             transforms[k] = opt._make_transform(inner_mask)
         return partition(transforms, self._labels)
 
-    def _compile(self):
+    def _step_fn(self):
         tx = self._transform
         names = [_var_name(v) for v in self._vars]
 
@@ -461,8 +461,7 @@ class MultiOptimizer(Optimizer):
                       tuple(jnp.copy(s.count) for s in state.inner.values()))
             return apply_updates(values, updates), state, counts
 
-        self._step = jax.jit(step, donate_argnums=(0, 1))
-        self._minimize_cache.clear()
+        return step
 
     def _sync(self):
         """Remake the step if an inner optimizer changed its transform (a new schedule)."""
@@ -583,12 +582,16 @@ class MultiOptimizer(Optimizer):
     # ----------------------------------------------------------------- weights
     @property
     def variables(self) -> list[jax.Array]:
+        """The arrays of `get_weights()`, in its order (snapshots)."""
+        return self._weight_arrays()
+
+    def _weight_arrays(self) -> list[jax.Array]:
         """`[iterations]`, then each inner optimizer's variables without its count."""
         if not self.built:
             return []
         out = [jnp.copy(self._count)]
         for _, opt, _ in self._active:
-            out.extend(opt.variables[1:])
+            out.extend(opt._weight_arrays()[1:])
         return out
 
     def get_weights(self) -> list[np.ndarray]:
@@ -611,7 +614,7 @@ class MultiOptimizer(Optimizer):
         if not isinstance(weights, (list, tuple)):
             raise TypeError(
                 f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
-        sizes = [len(opt.variables) - 1 for _, opt, _ in self._active]
+        sizes = [len(opt._weight_arrays()) - 1 for _, opt, _ in self._active]
         if len(weights) != 1 + sum(sizes):
             layout = ", ".join(f"{n} for {opt.name!r}" for n, (_, opt, _) in zip(sizes, self._active))
             raise ValueError(

@@ -38,6 +38,7 @@ class Muon(Optimizer):
     """
 
     _factory = staticmethod(muon)
+    _keras_slot_groups = (("m", "v"),)
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ class Nadam(Optimizer):
     """
 
     _factory = staticmethod(functional.nadam)
+    _keras_slot_groups = (("m", "v"),)
 
     def __init__(
         self,

@@ -10,7 +10,9 @@ recompiles.
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import warnings
 from typing import Any
 
@@ -22,9 +24,13 @@ from jax.sharding import NamedSharding
 from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.learning_rate import as_learning_rate
 from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
-from kopt.stateful.variable import Variable
+from kopt.stateful import multihost
+from kopt.stateful.execution import CompiledStep
+from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.variable import LOCK, Variable
 
 __all__ = ["Optimizer"]
 
@@ -78,6 +84,128 @@ def _var_name(v) -> str:
     name = getattr(v, "path", None) or getattr(v, "name", None)
     return str(name) if name is not None else repr(v)
 
+_ArrayImpl = type(jnp.zeros(()))
+
+_KERAS_SLOT_NAMES = {"m": "momentum", "v": "velocity", "vhat": "velocity_hat",
+                     "ema": "average", "accum": "gradient_accumulator"}
+"""Keras 3's names for kopt's state fields, used in `optimizer.variables` names."""
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _as_gradient(g, v):
+    """A gradient that is not a `jax.Array`, checked before anything is dispatched: a
+    numeric array (numpy, or anything `np.asarray` takes); otherwise an error naming `v`."""
+    dtype = getattr(g, "dtype", None)
+    if dtype is None or isinstance(g, (str, bytes)):
+        raise TypeError(
+            f"Gradient for variable {_var_name(v)!r} must be an array; received "
+            f"{type(g).__name__}: {g!r:.80}")
+    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise TypeError(
+            f"Gradient for variable {_var_name(v)!r} has dtype {dtype}; expected a numeric "
+            "array.")
+    if isinstance(g, np.ndarray):
+        return jnp.array(g, copy=True)
+    return g
+
+
+def _check_loss(loss) -> None:
+    """`minimize`'s loss must be a real floating scalar (an integer loss has no gradient)."""
+    dtype = getattr(loss, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or np.shape(loss) != ():
+        raise TypeError(
+            "minimize(): loss_fn must return a floating-point scalar. Received shape "
+            f"{np.shape(loss)}, dtype {dtype}.")
+
+
+def _is_nnx_state(x) -> bool:
+    flax_nnx = sys.modules.get("flax.nnx")
+    state_cls = getattr(flax_nnx, "State", None)
+    return state_cls is not None and isinstance(x, state_cls)
+
+
+def _host_array(w, what: str, like=None) -> np.ndarray:
+    """`w` as a fresh host array of real numbers, shaped like `like` (when given).
+
+    Raw 2-byte records (`|V2`, what `np.savez` writes for bfloat16) are read as bfloat16.
+    """
+    w = np.array(w, copy=True)
+    like_dtype = getattr(like, "dtype", None)
+    if w.dtype.kind == "V" and like_dtype is not None and w.dtype.itemsize == np.dtype(like_dtype).itemsize:
+        w = w.view(like_dtype)
+    if not (jnp.issubdtype(w.dtype, jnp.floating) or np.issubdtype(w.dtype, np.integer)):
+        raise ValueError(
+            f"set_weights: {what} has dtype {w.dtype}; expected a real number array.")
+    if like is not None and w.shape != tuple(like.shape):
+        raise ValueError(
+            f"set_weights: {what} has shape {w.shape}, expected {tuple(like.shape)}.")
+    return w
+
+
+def _check_count(count: np.ndarray, what: str) -> None:
+    """An iteration count: a 0-d integer (or integral float) in [0, 2**31 - 1]."""
+    ok = count.shape == () and (np.issubdtype(count.dtype, np.integer) or (
+        jnp.issubdtype(count.dtype, jnp.floating) and np.isfinite(count)
+        and float(count) == int(count)))
+    if not ok:
+        raise ValueError(
+            f"{what} must be a 0-d integer. Received shape {count.shape}, dtype {count.dtype}.")
+    if not 0 <= int(count) <= _INT32_MAX:
+        raise ValueError(f"{what} must be in [0, {_INT32_MAX}]. Received: {int(count)}")
+
+
+def _rate_at(lr, step):
+    """A schedule's (or callable's) learning rate at `step`."""
+    return as_learning_rate(lr).value(None, jnp.asarray(step, jnp.int32))
+
+
+def _checked_rate(rate) -> float:
+    """A learning rate computed by a schedule, checked: a finite scalar >= 0."""
+    value = np.asarray(rate)
+    if value.shape != () or not np.isfinite(value) or not value >= 0:
+        raise ValueError(
+            "The learning-rate schedule must return a finite scalar >= 0. Received: "
+            f"{value!r}")
+    return float(value)
+
+
+def _entry_value(state, entry):
+    """One `variables` entry's array in `state` (see `Optimizer._keras_entries`)."""
+    field, j, part = entry
+    x = getattr(state, field)
+    if j is None:
+        return x
+    leaf = x.leaf(j) if isinstance(x, Packed) else x[j]
+    return leaf if part is None else getattr(leaf, part)
+
+
+def _unflatten_entries(entries, flat, template):
+    """The state `template` with the arrays of `entries` replaced by `flat` (traceable)."""
+    fields, slots = {}, {}
+    for (field, j, part), x in zip(entries, flat):
+        if j is None:
+            fields[field] = jnp.asarray(x, getattr(template, field).dtype)
+        else:
+            slots.setdefault(field, {})[(j, part)] = x
+    for field, values in slots.items():
+        old = getattr(template, field)
+        n = old.layout.num_leaves if isinstance(old, Packed) else len(old)
+        leaves = []
+        for j in range(n):
+            like = old.leaf(j) if isinstance(old, Packed) else old[j]
+            if isinstance(like, Quantized):
+                leaves.append(Quantized(jnp.asarray(values[(j, "codes")], like.codes.dtype),
+                                        jnp.asarray(values[(j, "absmax")], jnp.float32),
+                                        like.shape, like.signed))
+            elif like is None:
+                leaves.append(None)
+            else:
+                leaves.append(jnp.asarray(values[(j, None)], like.dtype))
+        fields[field] = (Packed.from_leaves(old.layout, leaves) if isinstance(old, Packed)
+                         else tuple(leaves))
+    return template._replace(**fields)
+
 
 class Optimizer:
     """Base class of kopt's stateful optimizers.
@@ -119,20 +247,31 @@ class Optimizer:
         self._state = None
         self._mask = None   # the weight-decay mask, fixed at build
         self._minimize_cache: dict[Any, Any] = {}
+        self._state_lent = False   # `opt.state` was handed out: copy before donating it
+        self.donate_foreign_variables = False
+        """Opt-in: let steps consume the buffers of foreign variables (keras.Variable,
+        nnx), as they do `kopt.Variable`s'. Saves a copy of the params per step; arrays
+        read earlier from those variables are then deleted by the next step, and a failing
+        `assign` can no longer be undone."""
         self._transform = self._make_transform()   # validates every argument now
 
     # ----------------------------------------------------------------- pickling
     def __getstate__(self):
         """Pickle the configuration, the variables and the state; not the compiled step."""
-        d = {k: v for k, v in self.__dict__.items()
-             if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids")}
-        if self._state is not None:
-            d["_state"] = jax.device_get(self._state)
-            d["_iterations"] = None
-        return d
+        with LOCK:   # a consistent snapshot, also from another thread
+            d = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_transform", "_step", "_minimize_cache", "_index",
+                              "_exclude_ids", "_iterations_var", "_plain_key")}
+            if self._state is not None:
+                multihost.check_picklable(self._state, f"optimizer {self.name!r}")
+                d["_state"] = jax.device_get(self._state)
+                d["_iterations"] = None
+            return d
 
     def __setstate__(self, d):
         self.__dict__.update(d)
+        self.__dict__.setdefault("_state_lent", False)
+        self.__dict__.setdefault("donate_foreign_variables", False)
         self._exclude_ids = set()
         self._minimize_cache = {}
         self._transform = self._make_transform(self._mask)
@@ -179,8 +318,8 @@ class Optimizer:
         `var_list` holds variables this optimizer was built with. Without `use_ema` this
         does nothing.
         """
-        if not self.use_ema or not self.built:
-            return
+        if not self.use_ema or not self.built or int(self.iterations) == 0:
+            return   # (never stepped: the averages hold nothing yet, and Keras would zero)
         var_list = list(var_list)
         idx = []
         for v in var_list:
@@ -212,9 +351,12 @@ class Optimizer:
         """The functional `Transform` this optimizer runs."""
         return self._transform
 
-    def _compile(self):
-        tx = self._transform
+    def _step_fn(self):
+        """The pure step `(values, state, grads) -> (values, state, count)` to compile.
 
+        Wrappers override this (not `_compile`) to change what a step computes.
+        """
+        tx = self._transform
         names = [_var_name(v) for v in self._vars]
 
         def step(values, state, grads):
@@ -224,7 +366,29 @@ class Optimizer:
             # never waits on the device and a held reference stays valid.
             return apply_updates(values, updates), state, jnp.copy(state.count)
 
-        self._step = jax.jit(step, donate_argnums=(0, 1))
+        return step
+
+    def _loss_step_fn(self, loss_fn):
+        """The pure `minimize` step `(values, state, *args) -> (loss, values, state, count)`."""
+        tx = self._transform
+        factor = self.loss_scale_factor
+
+        def scaled_loss(vals, *a):
+            # As Keras's trainer: differentiate the scaled loss (the update divides the
+            # gradients by the factor again) and report the unscaled one.
+            loss = loss_fn(list(vals), *a)
+            _check_loss(loss)
+            return (loss if factor is None else loss * factor), loss
+
+        def run(values, state, *a):
+            (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(values, *a)
+            updates, state = tx.update(grads, state, values)
+            return loss, apply_updates(values, updates), state, jnp.copy(state.count)
+
+        return run
+
+    def _compile(self):
+        self._step = CompiledStep(self._step_fn())
         self._minimize_cache.clear()
 
     # ----------------------------------------------------------------- build
@@ -233,11 +397,12 @@ class Optimizer:
         return self._vars is not None
 
     def build(self, variables) -> None:
-        """Create the optimizer state for `variables`.
+        """Create the optimizer state for `variables` (all-or-nothing).
 
         Variables are `kopt.Variable`s, or any variable-like object with `value`,
         `assign(x)`, `shape` and `dtype`, such as `keras.Variable` on the JAX backend
-        (updated through its own `assign`).
+        (updated through its own `assign`). An empty list builds an optimizer with no
+        variables, as Keras allows.
         """
         variables = list(variables)
         for i, v in enumerate(variables):
@@ -246,30 +411,44 @@ class Optimizer:
                     f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
                     f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
                 )
-        if not variables:
-            raise ValueError("build() received no variables.")
         if len({id(v) for v in variables}) != len(variables):
             raise ValueError("build() received the same Variable more than once.")
-        if self.built:
-            if [id(v) for v in variables] == [id(v) for v in self._vars]:
-                return
-            raise ValueError(
-                f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
-                "it cannot be rebuilt with a different set. Create a new optimizer."
-            )
-        self._vars = tuple(variables)
-        self._index = {id(v): i for i, v in enumerate(variables)}
-        self._mask = self._decay_mask()
-        self._transform = self._make_transform(self._mask)
-        self._state = self._on_mesh(self._transform.init(tuple(_read(v) for v in variables)))
-        self._iterations = jnp.copy(self._state.count)
-        self._compile()
+        with LOCK:
+            if self.built:
+                if [id(v) for v in variables] == [id(v) for v in self._vars]:
+                    return
+                raise ValueError(
+                    f"Optimizer {self.name!r} was already built with {len(self._vars)} "
+                    "variables; it cannot be rebuilt with a different set. Create a new "
+                    "optimizer."
+                )
+            # Everything is computed first and assigned last: a failure changes nothing.
+            # (`_vars` is set meanwhile: `_make_transform` may read it, as LARS does.)
+            self._vars = tuple(variables)
+            try:
+                mask = self._decay_mask(variables)
+                transform = self._make_transform(mask)
+                values = tuple(_read(v) for v in variables)
+                state = self._placed(transform.init(values), values)
+                if callable(self._learning_rate):   # a schedule's first rate, checked once
+                    _checked_rate(multihost.to_host(state.learning_rate))
+            except BaseException:
+                self._vars = None
+                raise
+            self._index = {id(v): i for i, v in enumerate(variables)}
+            self._mask, self._transform = mask, transform
+            self._state, self._iterations = state, jnp.copy(state.count)
+            self._state_lent = False
+            self._compile()
 
     def _on_mesh(self, state):
+        return self._placed(state, tuple(_read(v) for v in self._vars))
+
+    @staticmethod
+    def _placed(state, values):
         """`state`, placed where the variables live when they are on a mesh: sharded like
         them, and the rest (counters, buckets, made on one device) replicated, so that
         the compiled step always sees the same input shardings and compiles once."""
-        values = tuple(_read(v) for v in self._vars)
         if any(isinstance(getattr(x, "sharding", None), NamedSharding) for x in values):
             return jax.device_put(state, state_shardings(state, values))
         return state
@@ -279,13 +458,13 @@ class Optimizer:
         new, old = jnp.asarray(value, jnp.float32), self._state.learning_rate.sharding
         return jax.device_put(new, old) if isinstance(old, NamedSharding) else new
 
-    def _decay_mask(self):
-        if not (self._exclude_ids or self._exclude_names) or self._vars is None:
+    def _decay_mask(self, variables):
+        if not (self._exclude_ids or self._exclude_names):
             return None
         return tuple(
             not (id(v) in self._exclude_ids
                  or any(re.search(n, _var_name(v)) for n in self._exclude_names))
-            for v in self._vars
+            for v in variables
         )
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
@@ -294,14 +473,22 @@ class Optimizer:
             raise ValueError(
                 "exclude_from_weight_decay() must be called before the optimizer is built."
             )
+        names = list(var_names or [])
+        for n in names:
+            try:
+                re.compile(n)
+            except (TypeError, re.error) as e:
+                raise ValueError(
+                    "exclude_from_weight_decay: `var_names` must be regular expressions. "
+                    f"Received: {n!r} ({e})") from e
         self._exclude_ids.update(id(v) for v in (var_list or []))
-        self._exclude_names.extend(var_names or [])
+        self._exclude_names.extend(names)
 
     # ----------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
         """Apply `(gradient, variable)` pairs in one compiled step; returns `iterations`.
 
-        Pairs whose gradient is None are skipped.
+        Pairs whose gradient is None are skipped (with a warning naming them, as Keras).
         """
         del name, experimental_aggregate_gradients
         try:
@@ -317,13 +504,21 @@ class Optimizer:
         return self.apply(grads, variables)
 
     def apply(self, grads, variables=None):
-        """Apply `grads` to `variables` (Keras 3 argument order); returns `iterations`."""
+        """Apply `grads` to `variables` (Keras 3 argument order); returns `iterations`.
+
+        A failure anywhere in the step (the compiled update, a schedule, a variable's
+        `assign` or constraint) leaves the variables and the state as they were.
+        """
         if _tracing():
             raise RuntimeError(
                 "The stateful optimizer cannot be called inside a JAX transformation "
                 "(jit, grad, vmap...). Use kopt.functional (opt.transform) or "
                 "opt.stateless_apply(state, grads, values) inside jitted code."
             )
+        if _is_nnx_state(grads):
+            raise TypeError(
+                "apply() received an nnx.State as the gradients. Pass a flat list aligned "
+                "with the variables: opt.apply(jax.tree.leaves(grads), variables).")
         if variables is None:
             if not self.built:
                 raise ValueError("apply(grads) without variables needs a built optimizer.")
@@ -336,45 +531,76 @@ class Optimizer:
             )
         if all(g is None for g in grads):
             raise ValueError(
-                f"No gradients provided for any variable: {[getattr(v, 'name', v) for v in variables]}."
+                f"No gradients provided for any variable: {[_var_name(v) for v in variables]}."
             )
-        if not self.built:
-            self.build(variables)
-        full = self._full_grads(grads, variables)
-        new_values, self._state, self._iterations = self._step(
-            self._read_values(), self._state, full)
-        self._write_values(new_values)
-        return self._iterations
+        if any(g is None for g in grads):
+            missing = [_var_name(v) for g, v in zip(grads, variables) if g is None]
+            warnings.warn(
+                f"Gradients do not exist for variables {missing} when minimizing the loss. "
+                "If using `model.compile()`, did you forget to provide a `loss` argument?",
+                UserWarning, stacklevel=3)
+        with LOCK:
+            if not self.built:
+                self.build(variables)
+            full = self._full_grads(grads, variables)
+            return self._run(self._step, full)
+
+    def _run(self, compiled: CompiledStep, *args):
+        """Run `compiled` on the variables and state; commit only if everything succeeds.
+        Returns the step's outputs before `(values, state, count)`. Called under LOCK."""
+        plain = self._plain()
+        values = self._read_values()
+        old = None if plain else tuple(values)   # kept to undo a failed `assign`
+        *extra, values, state, count = compiled.run(
+            values, self._state, args, donate=plain or self.donate_foreign_variables,
+            copy_held=plain, state_lent=self._state_lent)
+        self._write_values(values, old)
+        self._state, self._iterations, self._state_lent = state, count, False
+        return extra[0] if extra else self.iterations
 
     def _plain(self) -> bool:
         """Whether every variable is a `kopt.Variable` (read and written directly)."""
         key = self.__dict__.get("_plain_key")
         if key is None or key[0] is not self._vars:
-            key = self._plain_key = (self._vars, all(type(v) is Variable for v in self._vars))
+            key = self._plain_key = (
+                self._vars, all(type(v) is Variable and v.constraint is None for v in self._vars))
         return key[1]
 
-    def _read_values(self):
+    def _read_values(self) -> list:
+        """A fresh list of the variables' arrays (see `execution.held_elsewhere`)."""
         if self._plain():   # no per-variable function call on the hot path
-            return tuple([v._value for v in self._vars])
-        return tuple([_read(v) for v in self._vars])
+            return [v._value for v in self._vars]
+        return [_read(v) for v in self._vars]
 
-    def _write_values(self, new_values):
+    def _write_values(self, new_values, old_values) -> None:
+        """Store the step's results, constraints applied; all-or-nothing."""
         if self._plain():
             for v, value in zip(self._vars, new_values):
                 v._value = value
-        else:
+            return
+        new_values = [
+            value if getattr(v, "constraint", None) is None else v.constraint(value)
+            for v, value in zip(self._vars, new_values)
+        ]
+        done = 0
+        try:
             for v, value in zip(self._vars, new_values):
                 _write(v, value)
+                done += 1
+        except BaseException:
+            for v, value in zip(self._vars[:done], old_values):
+                _write(v, value)
+            raise
 
     def _full_grads(self, grads, variables):
         """Gradients as a tuple aligned with the built variables (None where absent).
 
         Shapes and dtypes are checked by `_check_grads` when the step is traced, so a
-        call with a known signature does no per-leaf work in Python.
+        call with a known signature does no per-leaf work in Python beyond a type check.
         """
         built = self._vars
         if len(variables) == len(built) and all(a is b for a, b in zip(variables, built)):
-            full = grads
+            full = list(grads)
         else:
             full = [None] * len(built)
             for g, v in zip(grads, variables):
@@ -391,13 +617,24 @@ class Optimizer:
                         "sum its gradients and pass it once."
                     )
                 full[i] = g
+        buffers = None
+        for i, g in enumerate(full):
+            if g is None or type(g) is _ArrayImpl:
+                if g is not None:
+                    if buffers is None:
+                        buffers = {id(v._value) if type(v) is Variable else None for v in built}
+                    if id(g) in buffers:   # a variable's own buffer: the step must not consume it
+                        full[i] = jnp.copy(g)
+                continue
+            full[i] = _as_gradient(g, built[i])
         return tuple(full)
 
     def minimize(self, loss_fn, variables, *args):
         """Differentiate `loss_fn(values, *args)` and apply the step in one compiled call.
 
         `values` is the list of the variables' arrays. Returns the loss. Pass data through
-        `*args` (traced) rather than a new closure per call, which would recompile.
+        `*args` (traced) rather than a new closure per call, which would recompile. As
+        `apply`, a failure (in the loss, a schedule, the step) changes nothing.
         """
         if _tracing():
             raise RuntimeError(
@@ -405,94 +642,157 @@ class Optimizer:
                 "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code."
             )
         variables = list(variables)
-        if not self.built:
-            self.build(variables)
-        elif [id(v) for v in variables] != [id(v) for v in self._vars]:
-            raise ValueError(
-                "minimize() must be called with the variables the optimizer was built with."
-            )
-        fn = self._minimize_cache.get(loss_fn)
-        if fn is None:
-            tx = self._transform
+        with LOCK:
+            if not self.built:
+                self.build(variables)
+            elif [id(v) for v in variables] != [id(v) for v in self._vars]:
+                raise ValueError(
+                    "minimize() must be called with the variables the optimizer was built with."
+                )
+            compiled = self._minimize_cache.get(loss_fn)
+            if compiled is None:
+                compiled = self._minimize_cache[loss_fn] = CompiledStep(self._loss_step_fn(loss_fn))
+            return self._run(compiled, *args)
 
-            factor = self.loss_scale_factor
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """The pure step, for use inside jit. Two forms:
 
-            def scaled_loss(vals, *a):
-                # As Keras's trainer: differentiate the scaled loss (the update divides the
-                # gradients by the factor again) and report the unscaled one.
-                loss = loss_fn(list(vals), *a)
-                return (loss if factor is None else loss * factor), loss
+        - kopt's: `stateless_apply(state, grads, values) -> (values, state)`, with
+          `state` the pytree `opt.state`;
+        - Keras's: `stateless_apply(optimizer_variables, grads, trainable_variables) ->
+          (trainable_variables, optimizer_variables)`, with `optimizer_variables` the flat
+          list of the values of `opt.variables` (or the variables themselves), as in
+          Keras's guide "Writing a training loop from scratch in JAX".
 
-            def run(values, state, *a):
-                (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(values, *a)
-                updates, state = tx.update(grads, state, values)
-                return loss, apply_updates(values, updates), state, jnp.copy(state.count)
-
-            fn = self._minimize_cache[loss_fn] = jax.jit(run, donate_argnums=(0, 1))
-        loss, new_values, self._state, self._iterations = fn(
-            self._read_values(), self._state, *args)
-        self._write_values(new_values)
-        return loss
-
-    def stateless_apply(self, state, grads, values):
-        """The pure step, for use inside jit: `(state, grads, values) -> (values, state)`.
-
-        `state` is `opt.state`; `grads` and `values` are sequences aligned with the built
-        variables. Write results back with `opt.state = state` and `v.assign(value)`.
+        `grads` and the values are sequences aligned with the built variables. Nothing on
+        the optimizer changes: write results back with `opt.state = state` (or
+        `var.assign(value)` for each of `opt.variables`) and `v.assign(value)`.
         """
-        updates, state = self._transform.update(tuple(grads), state, tuple(values))
-        return list(apply_updates(tuple(values), updates)), state
+        if not self.built:
+            raise ValueError(
+                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its "
+                "variables must have been created). You can build it via "
+                "`optimizer.build(trainable_variables)`.")
+        values = tuple(getattr(v, "value", v) for v in trainable_variables)
+        grads = tuple(grads)
+        if len(values) != len(self._vars) or len(grads) != len(self._vars):
+            raise ValueError(
+                f"stateless_apply: received {len(grads)} gradients and {len(values)} "
+                f"trainable_variables; the optimizer was built with {len(self._vars)} "
+                "variables.")
+        if isinstance(optimizer_variables, tuple) and hasattr(optimizer_variables, "_fields"):
+            if jax.tree.structure(optimizer_variables) != jax.tree.structure(self._state):
+                raise ValueError(
+                    "stateless_apply: `optimizer_variables` does not have the structure of "
+                    "this optimizer's state (opt.state). Received: "
+                    f"{type(optimizer_variables).__name__}")
+            updates, state = self._transform.update(grads, optimizer_variables, values)
+            return list(apply_updates(values, updates)), state
+        if not isinstance(optimizer_variables, (list, tuple)):
+            raise ValueError(
+                "stateless_apply: `optimizer_variables` must be opt.state or a list of the "
+                f"values of opt.variables. Received: {type(optimizer_variables).__name__}")
+        entries = self._keras_entries()
+        if len(optimizer_variables) != len(entries):
+            raise ValueError(
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {type(self).__name__}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {len(entries)} variables.")
+        flat = [getattr(v, "value", v) for v in optimizer_variables]
+        state = self._unflatten(entries, flat)
+        updates, state = self._transform.update(grads, state, values)
+        return (list(apply_updates(values, updates)),
+                [_entry_value(state, e) for e in entries])
 
     # ----------------------------------------------------------------- state
     @property
     def state(self):
-        """The functional state pytree (None before build)."""
-        return self._state
+        """The functional state pytree (None before build).
+
+        What it returns stays valid: the next step works on a copy of the state instead
+        of updating this one in place.
+        """
+        with LOCK:
+            self._state_lent = self._state is not None
+            return self._state
 
     @state.setter
     def state(self, new_state):
-        if not self.built:
-            raise ValueError("Build the optimizer before assigning its state.")
-        if jax.tree.structure(new_state) != jax.tree.structure(self._state):
+        with LOCK:
+            if not self.built:
+                raise ValueError("Build the optimizer before assigning its state.")
+            placed = self._checked_state(new_state)
+            self._state, self._iterations = placed, jnp.copy(placed.count)
+            self._state_lent = False
+
+    def _checked_state(self, new_state):
+        """`new_state` validated against the current state (structure, then each leaf's
+        shape and dtype, and the count), copied into buffers kopt owns, and placed."""
+        expected = jax.tree.structure(self._state)
+        if jax.tree.structure(new_state) != expected:
             raise ValueError(
                 "The new state does not have the structure of this optimizer's state. "
-                f"Expected {jax.tree.structure(self._state)}, received {jax.tree.structure(new_state)}."
+                f"Expected {expected}, received {jax.tree.structure(new_state)}."
             )
-        self._state = self._on_mesh(new_state)
-        self._iterations = jnp.copy(self._state.count)
+        paths = jax.tree_util.tree_flatten_with_path(self._state)[0]
+        for (path, like), leaf in zip(paths, jax.tree.leaves(new_state)):
+            shape, dtype = np.shape(leaf), getattr(leaf, "dtype", None)
+            if shape != like.shape or dtype != like.dtype:
+                raise ValueError(
+                    f"The new state's leaf {jax.tree_util.keystr(path)} has shape {shape} "
+                    f"and dtype {dtype}; expected {like.shape} and {like.dtype}.")
+        _check_count(multihost.to_host(new_state.count), "state.count")
+        owned = jax.tree.map(lambda x: jnp.array(x, copy=True), new_state)
+        return self._on_mesh(owned)
 
     @property
-    def iterations(self) -> jax.Array:
-        """The number of applied updates, a 0-d int32 `jax.Array` (`int()` works).
+    def iterations(self) -> OptimizerVariable:
+        """The number of applied updates, a variable-like 0-d int32 (as Keras's
+        `optimizer.iterations`): `int()`, `.value`, `.numpy()` and arithmetic work.
 
         Reading it does not wait for the step to finish; `int(opt.iterations)` does.
         """
-        if self._state is None:
-            return jnp.zeros((), jnp.int32)
-        return self._iterations
+        it = self.__dict__.get("_iterations_var")
+        if it is None:
+            it = self._iterations_var = OptimizerVariable(
+                "iteration", f"{self.name}/iteration", read=self._read_iterations,
+                write=functools.partial(self._write_entry, ("count", None, None)))
+        return it
+
+    def _read_iterations(self):
+        with LOCK:
+            if self._state is None:
+                return jnp.zeros((), jnp.int32)
+            return self._iterations
 
     @property
     def learning_rate(self):
         """The learning rate the next update uses (a float32 0-d numpy array)."""
-        if self._state is not None:
-            return np.asarray(self._state.learning_rate)
-        lr = self._learning_rate
-        return np.asarray(lr(0) if callable(lr) else lr, np.float32)
+        with LOCK:
+            if self._state is not None:
+                return multihost.to_host(self._state.learning_rate)
+            lr = self._learning_rate
+            return np.asarray(_rate_at(lr, 0) if callable(lr) else lr, np.float32)
 
     @learning_rate.setter
     def learning_rate(self, value):
+        with LOCK:
+            self._set_learning_rate(value)
+
+    def _set_learning_rate(self, value):
+        """Validate the new rate (and, for a schedule, its value now) before any change."""
         old = self._learning_rate
         if callable(value):
             self._learning_rate = value
             try:
                 transform = self._make_transform(self._mask)
-            except Exception:
+                rate = (_checked_rate(_rate_at(value, self._schedule_step()))
+                        if self.built else None)
+            finally:
                 self._learning_rate = old
-                raise
-            self._transform = transform
+            self._learning_rate, self._transform = value, transform
             if self.built:
-                self._state = self._state._replace(
-                    learning_rate=self._new_learning_rate(value(self._schedule_step())))
+                self._state = self._state._replace(learning_rate=self._new_learning_rate(rate))
                 self._compile()
             return
         if callable(old):
@@ -506,8 +806,9 @@ class Optimizer:
         except (TypeError, ValueError) as e:
             raise TypeError(
                 f"learning_rate must be a number or a schedule. Received: {value!r}") from e
-        if not number >= 0:
-            raise ValueError(f"`learning_rate` must be >= 0. Received: learning_rate={value}")
+        if not (number >= 0 and np.isfinite(number)):
+            raise ValueError(
+                f"`learning_rate` must be a finite number >= 0. Received: learning_rate={value}")
         self._learning_rate = number
         if self.built:
             self._state = self._state._replace(learning_rate=self._new_learning_rate(number))
@@ -528,7 +829,7 @@ class Optimizer:
             if x is None:
                 continue
             if isinstance(x, Packed) or (isinstance(x, tuple) and len(x) == n
-                                         and all(hasattr(a, "shape") for a in x)):
+                                         and all(a is None or hasattr(a, "shape") for a in x)):
                 slots.append(f)
             elif getattr(x, "shape", None) == ():
                 scalars.append(f)
@@ -561,22 +862,116 @@ class Optimizer:
             return [(name, j) for j in range(n) for name in slots]
         return [(name, j) for name in slots for j in range(n)]
 
-    @property
-    def variables(self) -> list[jax.Array]:
-        """The optimizer state as arrays, in `get_weights` order (snapshots)."""
-        if not self.built:
-            return []
+    _keras_slot_groups: tuple[tuple[str, ...], ...] = ()
+    """Groups of state fields that Keras creates in one `add_optimizer_variables` call
+    (listed variable by variable, e.g. Adam's `(("m", "v"), ("vhat",))`); a field in no
+    group is created on its own, for all variables, in field order."""
+
+    _keras_slot_names: dict[str, str] = {}
+    """Keras's names for this optimizer's state fields, where they differ from
+    `_KERAS_SLOT_NAMES` (e.g. RMSprop's `rms` is Keras's `velocity`)."""
+
+    def _keras_entries(self) -> list[tuple]:
+        """What `variables` lists, in Keras 3's order: `(field, variable index, part)`.
+
+        The iteration count (with gradient accumulation, the raw call count, as Keras's
+        `iteration` variable), the learning rate unless it is a schedule, then the slots
+        in Keras's creation order: the EMA averages and gradient accumulators, then the
+        optimizer's groups (see `_keras_slot_groups`), each group variable by variable;
+        last, the optimizer's other scalars. A quantised slot gives two entries, its codes
+        and its scales; a slot entry that holds nothing (None) gives none.
+        """
         scalars, slots = self._weight_fields()
-        out = [jnp.copy(self._state.count)]
-        out.extend(jnp.copy(getattr(self._state, name)) for name in scalars)
-        for name, j in self._slot_entries(slots):
-            leaf = self._slot_leaf(getattr(self._state, name), j)
-            out.extend(jnp.copy(a) for a in self._entry_arrays(leaf))
-        return out
+        counter = "micro_step" if "micro_step" in scalars else "count"
+        entries = [(counter, None, None)]
+        if not callable(self._learning_rate):
+            entries.append(("learning_rate", None, None))
+        groups = [(f,) for f in ("ema", "accum") if f in slots]
+        emitted = {"ema", "accum"}
+        for f in slots:
+            if f not in emitted:
+                group = next((g for g in self._keras_slot_groups if f in g), (f,))
+                groups.append(tuple(x for x in group if x in slots))
+                emitted.update(group)
+        for group in groups:
+            for j in range(len(self._vars)):
+                for f in group:
+                    leaf = self._slot_leaf(getattr(self._state, f), j)
+                    if isinstance(leaf, Quantized):
+                        entries += [(f, j, "codes"), (f, j, "absmax")]
+                    elif leaf is not None:
+                        entries.append((f, j, None))
+        entries += [(f, None, None) for f in scalars if f != counter]
+        return entries
+
+    def _entry_name(self, entry) -> str:
+        field, j, part = entry
+        if j is None:
+            return "iteration" if field in ("count", "micro_step") else field
+        base = _var_name(self._vars[j]).split("/")[-1]
+        slot = self._keras_slot_names.get(field) or _KERAS_SLOT_NAMES.get(field, field)
+        name = f"{base}_{slot}"
+        return name if part is None else f"{name}_{'scales' if part == 'absmax' else part}"
 
     @property
-    def weights(self) -> list[jax.Array]:
+    def variables(self) -> list[OptimizerVariable]:
+        """The optimizer's state as Keras-style variables, in Keras 3's order: the
+        iteration count, the learning rate unless it is a schedule, then each variable's
+        slots (see `_keras_entries`). Each is a live view with `.value`, `.numpy()`,
+        `.name`, `.path` and `.assign(x)`; `.value` returns a copy that later steps never
+        delete. Empty before build. This is not `get_weights()`'s (legacy) order.
+        """
+        with LOCK:
+            if not self.built:
+                return []
+            entries = self._keras_entries()
+            out = [self.iterations] if entries[0][0] == "count" else []
+            for entry in entries[len(out):]:
+                name = self._entry_name(entry)
+                out.append(OptimizerVariable(
+                    name, f"{self.name}/{name}",
+                    read=functools.partial(self._read_entry, entry),
+                    write=functools.partial(self._write_entry, entry)))
+            return out
+
+    @property
+    def weights(self) -> list[OptimizerVariable]:
         return self.variables
+
+    def _unflatten(self, entries, flat):
+        """The state with the arrays of `entries` replaced by `flat` (traceable). Under
+        gradient accumulation the update count follows the raw count, as in Keras."""
+        state = _unflatten_entries(entries, flat, self._state)
+        if entries[0][0] == "micro_step":
+            steps = self.gradient_accumulation_steps
+            state = state._replace(count=(state.micro_step // steps).astype(state.count.dtype))
+        return state
+
+    def _read_entry(self, entry):
+        with LOCK:
+            return jnp.copy(_entry_value(self._state, entry))
+
+    def _write_entry(self, entry, value):
+        with LOCK:
+            like = _entry_value(self._state, entry)
+            new = _host_array(value, f"optimizer variable {self._entry_name(entry)!r}", like)
+            if entry[0] in ("count", "micro_step"):
+                _check_count(new, "iterations")
+            elif entry[0] == "learning_rate":
+                if callable(self._learning_rate):
+                    raise TypeError("The learning rate is a schedule; it cannot be assigned.")
+                _checked_rate(new)
+            entries = self._keras_entries()
+            if entry not in entries:   # `iterations` under gradient accumulation
+                state = self._state._replace(count=jnp.array(new, like.dtype))
+            else:
+                flat = [_entry_value(self._state, e) for e in entries]
+                flat[entries.index(entry)] = jnp.array(new, like.dtype)
+                state = self._unflatten(entries, flat)
+            state = self._on_mesh(state)
+            self._state, self._iterations = state, jnp.copy(state.count)
+            if entry[0] == "learning_rate":
+                self._learning_rate = float(new)
 
     def get_weights(self) -> list[np.ndarray]:
         """`[iterations, scalars..., slot_1 of every variable, slot_2 of every variable, ...]`.
@@ -603,26 +998,56 @@ class Optimizer:
         `kopt.functional.quantize.decode(codes) * scales[:, None]`, flattened, its first
         `size` elements reshaped like the variable. Smaller variables keep one float32
         array. `set_weights` loads this layout back exactly.
+
+        The arrays are copies: later steps never change them. Safe to call from another
+        thread while training (it sees the state between two steps).
         """
-        if not self.built:
-            return []
-        return [np.asarray(x) for x in self.variables]
+        with LOCK:
+            if not self.built:
+                return []
+            return [np.array(x) for x in multihost.to_host(self._weight_arrays())]
+
+    def _weight_arrays(self) -> list:
+        """The live arrays `get_weights` lists (wrappers with other layouts override)."""
+        scalars, slots = self._weight_fields()
+        out = [self._state.count]
+        out.extend(getattr(self._state, name) for name in scalars)
+        for name, j in self._slot_entries(slots):
+            leaf = self._slot_leaf(getattr(self._state, name), j)
+            if leaf is not None:
+                out.extend(self._entry_arrays(leaf))
+        return out
 
     def set_weights(self, weights) -> None:
-        """Load a list produced by `get_weights` (validated in full before any change)."""
+        """Load a list produced by `get_weights` (validated in full before any change).
+
+        Arrays are copied: later changes to `weights` do not reach the optimizer. bfloat16
+        slots saved with `np.savez` (which stores them as raw 2-byte records, dtype `|V2`)
+        load back as they were.
+        """
         if not self.built:
             raise ValueError(
-                "set_weights() needs a built optimizer: call opt.build(variables) first.")
+                "You are calling `set_weights()` on an optimizer that has not yet been "
+                "built. Please call `optimizer.build(trainable_variables)` to create the "
+                "optimizer weights before calling `set_weights()`. (kopt: set_weights() "
+                "needs a built optimizer.)")
         if not isinstance(weights, (list, tuple)):
             raise TypeError(f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+        with LOCK:
+            state = self._state_from_weights(list(weights))
+            self._state, self._iterations = state, jnp.copy(state.count)
+            self._state_lent = False
+
+    def _state_from_weights(self, weights):
         scalars, names = self._weight_fields()
         entries = self._slot_entries(names)
         n = len(self._vars)
         current = [self._slot_leaf(getattr(self._state, name), j) for name, j in entries]
-        n_quantized = sum(isinstance(leaf, Quantized) for leaf in current)
-        expected = 1 + len(scalars) + len(entries) + n_quantized
+        n_arrays = sum(len(self._entry_arrays(c)) for c in current if c is not None)
+        expected = 1 + len(scalars) + n_arrays
         if len(weights) != expected:
             shared = f"{len(scalars)} scalar(s) {scalars}, then " if scalars else ""
+            n_quantized = sum(isinstance(c, Quantized) for c in current)
             quantized = (f", {n_quantized} of them quantised (codes and scales)"
                          if n_quantized else "")
             raise ValueError(
@@ -630,71 +1055,48 @@ class Optimizer:
                 f"{len(names)} slot(s) {names} for each of {n} variables{quantized}); "
                 f"received {len(weights)}."
             )
-        count = np.asarray(weights[0])
-        if count.shape != () or not (np.issubdtype(count.dtype, np.integer)
-                                     or (np.issubdtype(count.dtype, np.floating)
-                                         and float(count) == int(count))):
-            raise ValueError(
-                "set_weights: entry 0 must be the iteration count, a 0-d integer. "
-                f"Received shape {count.shape}, dtype {count.dtype}."
-            )
-
-        def real(w, k, what):   # jnp.issubdtype knows bfloat16 is a float
-            if not (jnp.issubdtype(w.dtype, jnp.floating) or np.issubdtype(w.dtype, np.integer)):
-                raise ValueError(
-                    f"set_weights: entry {k} ({what}) has dtype {w.dtype}; expected a real "
-                    "number array."
-                )
-
+        count = _host_array(weights[0], "entry 0 (the iteration count)")
+        _check_count(count, "set_weights: entry 0 (the iteration count)")
         new = {}
         for k, name in enumerate(scalars, start=1):
-            w = np.asarray(weights[k])
-            if w.shape != ():
-                raise ValueError(
-                    f"set_weights: entry {k} ({name}) has shape {w.shape}, expected ()."
-                )
-            real(w, k, name)
-            new[name] = jnp.asarray(w, getattr(self._state, name).dtype)
-        def array(k, like, what):
-            w = np.asarray(weights[k])
-            if w.shape != like.shape:
-                raise ValueError(
-                    f"set_weights: entry {k} ({what}) has shape {w.shape}, expected {like.shape}.")
-            real(w, k, what)
-            return w
-
+            like = getattr(self._state, name)
+            new[name] = jnp.array(_host_array(weights[k], f"entry {k} ({name})", like), like.dtype)
         leaves = {name: [None] * n for name in names}
         k = 1 + len(scalars)
         for (name, j), like in zip(entries, current):
-            what = f"{name} of variable {_var_name(self._vars[j])!r}"
+            desc = f"{name} of variable {_var_name(self._vars[j])!r}"
+            if like is None:
+                continue
             if not isinstance(like, Quantized):
-                leaves[name][j] = array(k, like, what)
+                leaves[name][j] = jnp.array(
+                    _host_array(weights[k], f"entry {k} ({desc})", like), like.dtype)
                 k += 1
                 continue
-            codes = array(k, like.codes, what + ", codes")
+            codes = _host_array(weights[k], f"entry {k} ({desc}, codes)", like.codes)
             info = np.iinfo(like.codes.dtype)
             if not np.issubdtype(codes.dtype, np.integer) or (
                     codes.size and (codes.min() < info.min or codes.max() > info.max)):
                 raise ValueError(
-                    f"set_weights: entry {k} ({what}, codes) must hold integers in "
+                    f"set_weights: entry {k} ({desc}, codes) must hold integers in "
                     f"[{info.min}, {info.max}] ({like.codes.dtype}).")
-            scales = array(k + 1, like.absmax, what + ", block scales")
-            leaves[name][j] = Quantized(jnp.asarray(codes, like.codes.dtype),
-                                        jnp.asarray(scales, jnp.float32), like.shape, like.signed)
+            scales = _host_array(weights[k + 1], f"entry {k + 1} ({desc}, block scales)",
+                                 like.absmax)
+            leaves[name][j] = Quantized(jnp.array(codes, like.codes.dtype),
+                                        jnp.array(scales, jnp.float32), like.shape, like.signed)
             k += 2
         for name in names:
             field = getattr(self._state, name)
             if isinstance(field, Packed):
                 new[name] = Packed.from_leaves(field.layout, leaves[name])
             else:
-                new[name] = tuple(jnp.asarray(w, a.dtype) for w, a in zip(leaves[name], field))
-        self._state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
+                new[name] = tuple(leaves[name])
+        state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
         if callable(self._learning_rate):
-            self._state = self._state._replace(
-                learning_rate=jnp.asarray(self._learning_rate(self._schedule_step()),
-                                          jnp.float32))
-        self._state = self._on_mesh(self._state)
-        self._iterations = jnp.copy(self._state.count)
+            step = getattr(state, "micro_step", None)
+            rate = _checked_rate(_rate_at(self._learning_rate, state.count if step is None else step))
+            state = state._replace(learning_rate=jnp.asarray(rate, jnp.float32))
+        # Placed like the current state, after checking every process passed the same list.
+        return multihost.from_host_tree(state, self._state, "set_weights")
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:

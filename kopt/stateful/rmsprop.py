@@ -28,6 +28,7 @@ class RMSprop(Optimizer):
     """
 
     _factory = staticmethod(functional.rmsprop)
+    _keras_slot_names = {"rms": "velocity", "mg": "average_gradient"}
 
     def __init__(
         self,

@@ -39,6 +39,8 @@ class ScheduleFreeAdamW(Optimizer):
     """
 
     _factory = staticmethod(schedule_free_adamw)
+    _keras_slot_groups = (("z", "v"),)
+    _keras_slot_names = {"z": "momentum"}
 
     def __init__(
         self,

@@ -207,6 +207,10 @@ class TransformOptimizer(Optimizer):
     # ----------------------------------------------------------------- weights
     @property
     def variables(self) -> list[jax.Array]:
+        """The arrays of `get_weights()`, in its order (snapshots)."""
+        return self._weight_arrays()
+
+    def _weight_arrays(self) -> list[jax.Array]:
         """`[iterations, *jax.tree.leaves(state.inner)]` (snapshots), as `get_weights`."""
         if not self.built:
             return []

@@ -3,37 +3,45 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Variable"]
+from kopt.stateful import multihost
+
+__all__ = ["Variable", "LOCK"]
 
 _uid = itertools.count()
+
+LOCK = threading.RLock()
+"""Serialises every optimizer step, optimizer state access and `Variable` read or write
+across threads, so that no thread ever sees a buffer that a step donated under it."""
 
 
 class Variable:
     """A mutable box around a `jax.Array`, updated in place by optimizers.
 
     The Variable owns its buffer: the constructor and `assign` copy their input, so
-    optimizers can donate the buffer to the compiled step. An array read earlier from
-    `.value` is then deleted by the next `apply_gradients` (reading it raises JAX's
-    "Array has been deleted" error); read `.value` again, or copy it (`np.array(v)`, or
-    `jnp.copy(v.value)`) to keep a snapshot. A zero-copy host view such as `np.asarray(v)`
-    stays valid but makes that step copy the buffer instead of reusing it.
+    optimizers can donate the buffer to the compiled step and update it in place. An
+    array you read from `.value` and still hold when the next step runs is never deleted:
+    the step sees the extra reference and copies that buffer instead of reusing it (it
+    costs one copy of that variable for that step). Reads and writes are thread-safe.
 
     Args:
       initial_value: array-like.
       name: optional name; used by `exclude_from_weight_decay(var_names=...)` and in errors.
       trainable: kept for Keras compatibility. Default True.
       dtype: optional dtype to cast the initial value to.
+      constraint: optional callable applied to the value after each optimizer step, as
+        Keras's `constraint` (e.g. `keras.constraints.NonNeg()`).
     """
 
-    __slots__ = ("_value", "name", "trainable", "_uid", "__weakref__")
+    __slots__ = ("_value", "name", "trainable", "constraint", "_uid", "__weakref__")
 
     def __init__(self, initial_value, name: str | None = None, trainable: bool = True,
-                 dtype=None):
+                 dtype=None, constraint=None):
         if isinstance(initial_value, Variable):
             initial_value = initial_value.value
         value = jnp.array(initial_value, dtype=dtype, copy=True)
@@ -43,11 +51,15 @@ class Variable:
         self._uid = next(_uid)
         self.name = name if name is not None else f"variable_{self._uid}"
         self.trainable = trainable
+        if constraint is not None and not callable(constraint):
+            raise TypeError(f"`constraint` must be callable. Received: constraint={constraint!r}")
+        self.constraint = constraint
 
     @property
     def value(self) -> jax.Array:
         """The current `jax.Array`."""
-        return self._value
+        with LOCK:
+            return self._value
 
     def assign(self, value) -> Variable:
         """Replace the value (copied) with one of the same shape; it is cast to this dtype."""
@@ -59,7 +71,8 @@ class Variable:
                 f"Cannot assign a value of shape {new.shape} to Variable {self.name!r} "
                 f"of shape {self._value.shape}."
             )
-        self._value = new
+        with LOCK:
+            self._value = new
         return self
 
     def assign_add(self, delta) -> Variable:
@@ -69,12 +82,18 @@ class Variable:
         return self.assign(self._value - jnp.asarray(delta, self._value.dtype))
 
     def numpy(self) -> np.ndarray:
-        return np.asarray(self._value)
+        """The whole value as numpy. With several processes (jax.distributed) this is a
+        collective (see `kopt.stateful.multihost.to_host`): every process must call it."""
+        return multihost.to_host(self.value)
 
     def __array__(self, dtype=None, copy=None):
+        value = multihost.to_host(self.value)
         if copy:
-            return np.array(self._value, dtype=dtype, copy=True)
-        return np.asarray(self._value, dtype=dtype)
+            return np.array(value, dtype=dtype, copy=True)
+        return np.asarray(value, dtype=dtype)
+
+    def __getstate__(self):
+        return multihost.variable_getstate(self)
 
     @property
     def shape(self) -> tuple[int, ...]:
