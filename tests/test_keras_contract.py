@@ -438,3 +438,51 @@ def test_wrapper_stateless_apply_misuse_has_keras_text():
         sentence = keras_text.replace("SGD", "KoptOptimizer").split(". Received")[0]
         assert sentence in str(info.value)
         assert str(len(train) if opt_vars is None else 0) in str(info.value)
+
+
+@pytest.mark.parametrize("wrapper", ["multi", "lso-multi", "lso"])
+def test_keras_form_stateless_apply_of_the_wrappers_equals_eager_steps(wrapper):
+    """Keras's guide "Writing a training loop from scratch in JAX": the values of
+    `optimizer.variables` in, `(trainable values, optimizer values)` out, under jit."""
+    def make():
+        adam, sgd = kopt.optimizers.Adam(0.1), SGD(0.1, momentum=0.9)
+        multi = MultiOptimizer(OptimizerMap(sgd, {"enc.*": adam}))
+        opt = {"multi": multi, "lso-multi": LossScaleOptimizer(multi, initial_scale=4.0),
+               "lso": LossScaleOptimizer(adam, initial_scale=4.0)}[wrapper]
+        variables = [kopt.Variable(jnp.ones(3), name="enc/kernel"),
+                     kopt.Variable(jnp.full((2,), 2.0), name="head/kernel")]
+        if wrapper == "lso":
+            variables = variables[:1]
+        opt.build(variables)
+        return opt, variables
+
+    eager, eager_vars = make()
+    ours, our_vars = make()
+    step = jax.jit(ours.stateless_apply)
+    opt_values = [v.value for v in ours.variables]
+    values = [v.value for v in our_vars]
+    for k in range(3):
+        grads = [jnp.full(v.shape, 0.5 * (k + 1)) for v in our_vars]
+        eager.apply_gradients(zip(grads, eager_vars))
+        values, opt_values = step(opt_values, grads, values)
+    for v, x in zip(eager_vars, values):
+        np.testing.assert_allclose(np.asarray(x), v.numpy(), rtol=1e-6)
+    assert len(opt_values) == len(eager.variables)
+    for a, b in zip(opt_values, eager.variables):
+        np.testing.assert_allclose(np.asarray(a), b.numpy(), rtol=1e-6)
+    assert int(ours.iterations) == 0   # stateless: nothing on the optimizer changed
+
+
+def test_wrapper_steps_never_delete_an_inner_state_the_user_holds():
+    sgd = SGD(0.1, momentum=0.9)
+    multi = MultiOptimizer(OptimizerMap(sgd))
+    lso = LossScaleOptimizer(multi, initial_scale=2.0)
+    w = kopt.Variable(jnp.ones(3), name="w")
+    lso.apply_gradients([(jnp.ones(3), w)])
+    held = sgd.state   # handed out by the inner optimizer
+    snapshot = [np.array(x) for x in jax.tree.leaves(held)]
+    lso.apply_gradients([(jnp.ones(3), w)])
+    multi.apply_gradients([(jnp.ones(3), w)])
+    for x, s in zip(jax.tree.leaves(held), snapshot):
+        np.testing.assert_array_equal(np.asarray(x), s)   # still readable, unchanged
+    assert int(sgd.iterations) == 3

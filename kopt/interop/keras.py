@@ -58,8 +58,14 @@ from kopt.stateful import registry
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer, _times
 from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer, _var_name
+from kopt.stateful.variable import LOCK
 
 __all__ = ["wrap", "KoptOptimizer"]
+
+
+def _value(x):
+    """The array of `x`, or of a variable-like view of one (`.value`)."""
+    return getattr(x, "value", x)
 
 
 def _check_backend() -> None:
@@ -237,7 +243,15 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         if any(x is None for x in values):
             return   # mid-epoch, Keras's trainer holds the state; it syncs back later
         self._pending.clear()
-        self._kopt.state = jax.tree.unflatten(self._treedef, values)
+        state = jax.tree.unflatten(self._treedef, values)
+        kopt = self._kopt
+        with LOCK:
+            # The buffers stay the Keras variables': shared, not copied, and marked as
+            # lent, so a kopt step copies them before consuming any (Keras still holds
+            # them). `opt.state = ...` would copy the whole state on every sync.
+            kopt._state = state
+            kopt._iterations = jnp.copy(state.count)
+            kopt._state_lent = True
 
     def _push(self) -> None:
         """The kopt optimizer's state -> Keras variables."""
@@ -245,7 +259,8 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         try:
             for var, leaf in zip(self._state_vars, jax.tree.leaves(self._kopt.state)):
                 var.assign(leaf)
-            self._iterations.assign(jnp.asarray(self._kopt.iterations, self._iterations.dtype))
+            self._iterations.assign(jnp.asarray(_value(self._kopt.iterations),
+                                                self._iterations.dtype))
         finally:
             self._pushing = False
         self._pending.clear()
@@ -302,7 +317,8 @@ class KoptOptimizer(keras.optimizers.Optimizer):
             paths = jax.tree_util.tree_flatten_with_path(self._kopt.state)[0]
             self._scale_index = next(i for i, (path, _) in enumerate(paths)
                                      if getattr(path[0], "name", None) == "dynamic_scale")
-        self._iterations.assign(jnp.asarray(self._kopt.iterations, self._iterations.dtype))
+        self._iterations.assign(jnp.asarray(_value(self._kopt.iterations),
+                                            self._iterations.dtype))
 
     # ----------------------------------------------------------------- updates
     def scale_loss(self, loss):

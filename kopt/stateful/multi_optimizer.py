@@ -21,8 +21,10 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
-from kopt.stateful.optimizer import Optimizer, _check_grads, _is_variable, _var_name
+from kopt.stateful.optimizer import Optimizer, _check_grads, _entry_value, _is_variable, _var_name
+from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.transform_optimizer import _iteration_count
+from kopt.stateful.variable import LOCK
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
@@ -82,6 +84,17 @@ def _set_loss_scale_factor(opt: Optimizer, value) -> None:
     opt._transform = opt._make_transform(opt._mask)
     if opt.built:
         opt._compile()
+
+
+def keras_codec(opt: Optimizer):
+    """`(n, unflatten, flatten)` for Keras's flat form of `opt.variables`: `n` arrays,
+    `unflatten(flat) -> state` and `flatten(state) -> flat` (both traceable)."""
+    own = getattr(opt, "_keras_codec", None)
+    if own is not None:
+        return own()
+    entries = opt._keras_entries()
+    return (len(entries), lambda flat: opt._unflatten(entries, list(flat)),
+            lambda state: [_entry_value(state, e) for e in entries])
 
 
 class OptimizerMap(MutableMapping):
@@ -357,7 +370,10 @@ class MultiOptimizer(Optimizer):
 
     def build(self, variables) -> None:
         """Assign each variable to its optimizer, build those, and create the joint step."""
-        variables = list(variables)
+        with LOCK:
+            self._build(list(variables))
+
+    def _build(self, variables) -> None:
         for i, v in enumerate(variables):
             if not _is_variable(v):
                 raise TypeError(
@@ -415,6 +431,7 @@ class MultiOptimizer(Optimizer):
             self._vars, self._active = None, None
             raise
         self._iterations = jnp.copy(self._count)
+        self._state_lent = False
 
     def _setup(self):
         """(Re)make the partition transform, the state views and the compiled step."""
@@ -456,7 +473,7 @@ class MultiOptimizer(Optimizer):
         def step(values, state, grads):
             _check_grads(grads, values, names)
             updates, state = tx.update(grads, state, values)
-            # Undonated copies of every count, so held `iterations` stay valid.
+            # Copies of every count, so held `iterations` stay valid.
             counts = (jnp.copy(state.count),
                       tuple(jnp.copy(s.count) for s in state.inner.values()))
             return apply_updates(values, updates), state, counts
@@ -507,17 +524,41 @@ class MultiOptimizer(Optimizer):
         self.__dict__["_own_iterations"] = value
 
     @property
-    def iterations(self) -> jax.Array:
-        """The number of `apply_gradients` calls, a 0-d int32 `jax.Array`."""
-        if not self.built:
-            return jnp.zeros((), jnp.int32)
-        return self._iterations
+    def _state_lent(self):
+        """Whether the state (the multi's or an inner optimizer's part) was handed out and
+        must be copied before a step consumes it."""
+        return bool(self.__dict__.get("_own_lent")) or any(
+            getattr(opt, "_state_lent", False) for _, opt, _ in (self.__dict__.get("_active") or ()))
+
+    @_state_lent.setter
+    def _state_lent(self, value):
+        self.__dict__["_own_lent"] = bool(value)
+        if not value:
+            for _, opt, _ in self.__dict__.get("_active") or ():
+                opt._state_lent = False
+
+    @property
+    def iterations(self) -> OptimizerVariable:
+        """The number of `apply_gradients` calls, a variable-like 0-d int32 (`int()`,
+        `.value`, `.numpy()`), read-only."""
+        it = self.__dict__.get("_iterations_var")
+        if it is None:
+            it = self._iterations_var = OptimizerVariable(
+                "iteration", f"{self.name}/iteration", read=self._read_iterations)
+        return it
+
+    def _read_iterations(self):
+        with LOCK:
+            if not self.built:
+                return jnp.zeros((), jnp.int32)
+            return jnp.copy(self._count)
 
     def __getstate__(self):
         """Pickle the configuration and the count; the inner optimizers pickle their state."""
         d = {k: v for k, v in self.__dict__.items()
              if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids",
-                          "_own_iterations", "_treedefs", "_inner_transforms")}
+                          "_own_iterations", "_treedefs", "_inner_transforms",
+                          "_iterations_var", "_plain_key", "_own_lent")}
         if self.built:
             d["_count"] = np.asarray(self._count)
         return d
@@ -581,15 +622,60 @@ class MultiOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- weights
     @property
-    def variables(self) -> list[jax.Array]:
-        """The arrays of `get_weights()`, in its order (snapshots)."""
-        return self._weight_arrays()
+    def variables(self) -> list:
+        """`[iterations]`, then each inner optimizer's `variables` (its own iteration
+        count first), in `optimizers` order, as Keras's MultiOptimizer lists them
+        (Keras also lists an unused learning rate of the MultiOptimizer's own)."""
+        with LOCK:
+            if not self.built:
+                return []
+            out = [self.iterations]
+            for _, opt, _ in self._active:
+                out.extend(opt.variables)
+            return out
 
-    def _weight_arrays(self) -> list[jax.Array]:
-        """`[iterations]`, then each inner optimizer's variables without its count."""
-        if not self.built:
-            return []
-        out = [jnp.copy(self._count)]
+    def _keras_codec(self):
+        codecs = [(k, keras_codec(opt)) for k, opt, _ in self._active]
+        n = 1 + sum(c[0] for _, c in codecs)
+
+        def unflatten(flat):
+            flat = list(flat)
+            inner, pos = {}, 1
+            for k, (m, unflat, _) in codecs:
+                compact = unflat(flat[pos:pos + m])
+                pos += m
+                inner[k] = self._treedefs[k][0].unflatten(jax.tree.leaves(compact))
+            return PartitionState(count=jnp.asarray(flat[0], jnp.int32), inner=inner)
+
+        def flatten(state):
+            out = [state.count]
+            for k, (_, _, flat) in codecs:
+                compact = self._treedefs[k][1].unflatten(jax.tree.leaves(state.inner[k]))
+                out.extend(flat(compact))
+            return out
+
+        return n, unflatten, flatten
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """The pure step for use inside jit: kopt's form with `opt.state` (a
+        `PartitionState`), or Keras's with the flat list of the values of `opt.variables`
+        (see the base class)."""
+        self._sync()
+        if not self.built or isinstance(optimizer_variables, PartitionState) or not isinstance(
+                optimizer_variables, (list, tuple)):
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        n, unflatten, flatten = self._keras_codec()
+        if len(optimizer_variables) != n:
+            raise ValueError(
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {type(self).__name__}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {n} variables.")
+        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
+        values, state = super().stateless_apply(state, grads, trainable_variables)
+        return values, flatten(state)
+
+    def _weight_arrays(self) -> list:
+        out = [self._count]
         for _, opt, _ in self._active:
             out.extend(opt._weight_arrays()[1:])
         return out
@@ -603,17 +689,10 @@ class MultiOptimizer(Optimizer):
         """
         return super().get_weights()
 
-    def set_weights(self, weights) -> None:
-        """Load a list made by `get_weights` (validated in full before any change)."""
-        if not self.built:
-            raise ValueError(
-                "You are calling `set_weights()` on an optimizer that has not yet been built. "
-                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
-                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
-                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(
-                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+    def _state_from_weights(self, weights):
+        """The state `set_weights(weights)` loads (nothing is changed here). Each inner
+        optimizer's count is set to the iterations (or to the real updates that many calls
+        make, under its gradient accumulation)."""
         sizes = [len(opt._weight_arrays()) - 1 for _, opt, _ in self._active]
         if len(weights) != 1 + sum(sizes):
             layout = ", ".join(f"{n} for {opt.name!r}" for n, (_, opt, _) in zip(sizes, self._active))
@@ -621,25 +700,20 @@ class MultiOptimizer(Optimizer):
                 f"set_weights expected a list of {1 + sum(sizes)} arrays (iterations, then "
                 f"{layout}); received {len(weights)}.")
         count = _iteration_count(weights[0])
-        saved = [(opt._state, opt._iterations) for _, opt, _ in self._active]
-        start = 1
-        try:
-            for n, (_, opt, _) in zip(sizes, self._active):
-                steps = getattr(opt, "gradient_accumulation_steps", None)
-                inner_count = count // steps if steps else count
-                try:
-                    opt.set_weights([np.asarray(inner_count, np.int32), *weights[start:start + n]])
-                except (ValueError, TypeError) as e:
-                    raise type(e)(
-                        f"set_weights: entries {start} to {start + n - 1} are inner optimizer "
-                        f"{opt.name!r}'s (its own entries 1 to {n}): {e}") from e
-                start += n
-        except Exception:
-            for (_, opt, _), (state, iterations) in zip(self._active, saved):
-                opt._state, opt._iterations = state, iterations
-            raise
-        self._count = jnp.asarray(count, jnp.int32)
-        self._iterations = jnp.copy(self._count)
+        inner, start = {}, 1
+        for n, (k, opt, _) in zip(sizes, self._active):
+            steps = getattr(opt, "gradient_accumulation_steps", None)
+            inner_count = count // steps if steps else count
+            try:
+                compact = opt._state_from_weights(
+                    [np.asarray(inner_count, np.int32), *weights[start:start + n]])
+            except (ValueError, TypeError) as e:
+                raise type(e)(
+                    f"set_weights: entries {start} to {start + n - 1} are inner optimizer "
+                    f"{opt.name!r}'s (its own entries 1 to {n}): {e}") from e
+            inner[k] = self._treedefs[k][0].unflatten(jax.tree.leaves(compact))
+            start += n
+        return PartitionState(count=jnp.asarray(count, jnp.int32), inner=inner)
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
