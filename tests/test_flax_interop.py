@@ -133,3 +133,39 @@ def test_variables_follow_state_order_and_write_through():
     np.testing.assert_array_equal(model.hidden.kernel.get_value(), np.zeros((4, 8), np.float32))
     with pytest.raises(TypeError, match="init/update"):
         kopt_flax.transform(0.1)
+
+
+def test_nnx_detection_helpers_name_the_right_route():
+    """issue 13, item 18: an nnx State given as gradients, or a bare transform whose state
+    was made from nnx Variables, gets a hint naming the route that works."""
+    model = MLP(nnx.Rngs(0))
+    grads = nnx.grad(loss_fn)(model, *data())
+    assert kopt_flax.is_nnx_state(grads)
+    assert not kopt_flax.is_nnx_state(jax.tree.leaves(grads))
+    assert not kopt_flax.is_nnx_state({"kernel": jnp.ones(2)})
+    assert "jax.tree.leaves(grads)" in kopt_flax.nnx_gradient_hint(grads)
+    # zip(grads, params) pairs the State's keys with the params.
+    assert "jax.tree.leaves(grads)" in kopt_flax.nnx_gradient_hint(list(grads))
+    assert kopt_flax.nnx_gradient_hint(jax.tree.leaves(grads)) == ""
+
+    # nnx.Optimizer hands tx.init the model's State (nnx.Param nodes), tx.update arrays.
+    with_vars = jax.tree.structure(nnx.state(model, nnx.Param))
+    pure = jax.tree.structure(nnx.as_pure(nnx.state(model, nnx.Param)))
+    hint = kopt_flax.tree_mismatch_hint(with_vars, pure)
+    assert "kopt.interop.flax.transform(tx)" in hint and "nnx.Param" in hint
+    assert kopt_flax.tree_mismatch_hint(pure, pure) == ""
+    assert kopt_flax.tree_mismatch_hint(with_vars, with_vars) == ""
+    assert kopt_flax.tree_mismatch_hint("not a treedef") == ""
+
+
+def test_detection_helpers_never_import_flax():
+    """The base optimizer may call `is_nnx_state` on every step: importing the module
+    and calling it must not import flax (nor need it installed)."""
+    import subprocess
+    import sys
+    code = ("import sys, kopt.interop.flax as f; "
+            "r = (f.is_nnx_state({}), f.nnx_gradient_hint(['a']), f.tree_mismatch_hint(None)); "
+            "print(r, 'flax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "(False, '', '') False"

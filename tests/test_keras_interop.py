@@ -234,3 +234,16 @@ def test_importing_kopt_loads_no_optional_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("make", ["optax", "kopt"])
+def test_wrap_of_a_bare_transform_points_to_from_transform(make):
+    """issue 13, item 18: a transform needs the stateful facade before `wrap`."""
+    optax = pytest.importorskip("optax")
+    tx = optax.adam(0.1) if make == "optax" else kopt.functional.adam(0.1)
+    with pytest.raises(TypeError, match=r"Optimizer\.from_transform\(tx\)") as info:
+        kopt_keras.wrap(tx)
+    assert type(tx).__name__ in str(info.value)
+    # The route it names works.
+    wrapped = kopt_keras.wrap(kopt.optimizers.Optimizer.from_transform(tx))
+    assert isinstance(wrapped, keras.optimizers.Optimizer)

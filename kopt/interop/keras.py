@@ -14,12 +14,22 @@ the wrapper keeps one per array leaf of `opt.state`, after Keras's `iteration` c
 `fit` therefore runs kopt's exact update inside Keras's compiled step, with no host
 round trip.
 
-The wrapper and the kopt optimizer share one state, held by the Keras variables. The
-kopt optimizer is brought up to date after every eager `apply`/`apply_gradients` and
-when `fit` ends (`finalize_variable_values`, which also applies kopt's `use_ema`);
-`kopt_optimizer`, `learning_rate`, `get_weights` and `set_weights` sync before they read.
-In between (during `fit`, or after `train_on_batch`) Keras holds the state in buffers of
-its own and donates the old ones, so read it through the wrapper, not through `opt`.
+The wrapper and the kopt optimizer share one state, and the Keras variables are its
+source of truth. The kopt optimizer `opt` is brought up to date whenever Keras writes
+those variables back: after every eager `apply`/`apply_gradients`, after each
+`train_on_batch`, at the end of every `fit` epoch, when a callback reads `self.model`
+(Keras's JAX trainer syncs its state then), and when a saved model is loaded. So after
+`fit` or `train_on_batch`, `opt.get_weights()`, `opt.state` and `int(opt.iterations)`
+give the trained values. The sync shares the Keras variables' buffers (no copy). In the
+middle of a `fit` epoch Keras holds the state in its compiled step and consumes the old
+buffers, so read `opt` there only after a sync (in a callback, through `self.model`, as
+for Keras's own optimizers). Train through the wrapper (or Keras) once wrapped: a direct
+`opt.apply_gradients` would update `opt` without the Keras variables.
+
+For a `MultiOptimizer`, the wrapper's `optimizers` lists a view of each inner optimizer
+whose `learning_rate` reads and sets that optimizer's rate in the shared state, so
+Keras's `LearningRateScheduler` and `ReduceLROnPlateau` callbacks change each inner rate,
+as they do for `keras.optimizers.MultiOptimizer`.
 
 Everything the update does (clipping, weight decay, EMA, gradient accumulation, the
 learning-rate schedule) is kopt's: the Keras side of the wrapper has none of these options
@@ -35,6 +45,8 @@ This module imports Keras; `kopt` itself never does.
 
 from __future__ import annotations
 
+import weakref
+
 import jax
 import jax.numpy as jnp
 import keras
@@ -43,9 +55,17 @@ from kopt.functional.base import iteration_count
 from kopt.functional.buckets import Packed
 from kopt.functional.quantize import Quantized
 from kopt.stateful import registry
+from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer, _times
+from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer, _var_name
+from kopt.stateful.variable import LOCK
 
 __all__ = ["wrap", "KoptOptimizer"]
+
+
+def _value(x):
+    """The array of `x`, or of a variable-like view of one (`.value`)."""
+    return getattr(x, "value", x)
 
 
 def _check_backend() -> None:
@@ -96,6 +116,82 @@ def _state_names(state, variables) -> list[str]:
     return names
 
 
+class _StateVariable(keras.Variable):
+    """A Keras optimizer variable holding one leaf of kopt's state.
+
+    It tells its `KoptOptimizer` when Keras writes it (Keras's JAX trainer assigns every
+    optimizer variable when it syncs its state back, and so does loading a saved model),
+    so the kopt optimizer can follow once all of them are current.
+    """
+
+    _kopt_owner = None   # a weakref to the KoptOptimizer, set once built
+
+    def _direct_assign(self, value):
+        super()._direct_assign(value)
+        owner = self._kopt_owner() if self._kopt_owner is not None else None
+        if owner is not None:
+            owner._state_variable_assigned(self)
+
+
+class _InnerOptimizerView:
+    """One inner optimizer of a wrapped `MultiOptimizer`, as Keras's callbacks see it.
+
+    `learning_rate` reads and sets the inner optimizer's rate in the state the Keras
+    variables hold; other attributes are the inner optimizer's (synced first).
+    """
+
+    def __init__(self, wrapper: KoptOptimizer, optimizer: Optimizer):
+        object.__setattr__(self, "_wrapper", wrapper)
+        object.__setattr__(self, "_optimizer", optimizer)
+
+    @property
+    def name(self) -> str:
+        return self._optimizer.name
+
+    @property
+    def learning_rate(self):
+        self._wrapper._pull()
+        return self._optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._wrapper._pull()
+        self._optimizer.learning_rate = value
+        if self._wrapper.built:
+            self._wrapper._push()
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The kopt inner optimizer itself (synced)."""
+        self._wrapper._pull()
+        return self._optimizer
+
+    def __getattr__(self, key):
+        if key.startswith("__") or key in ("_wrapper", "_optimizer"):
+            raise AttributeError(key)   # copy/pickle probing a half-made view
+        return getattr(self.optimizer, key)
+
+    def __setattr__(self, key, value):
+        if key == "learning_rate":
+            object.__setattr__(self, key, value)   # the property above
+            return
+        raise AttributeError(
+            f"Only `learning_rate` can be set through this view of {self._optimizer.name!r}; "
+            f"set {key!r} on the kopt optimizer before wrapping it.")
+
+    def __repr__(self):
+        return f"<kopt.interop.keras view of {self._optimizer!r}>"
+
+
+def _transform_hint(optimizer) -> str:
+    """A hint when `optimizer` is a bare `(init, update)` transform, else ''."""
+    if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
+        return (" It looks like a bare (init, update) transform (an optax "
+                "GradientTransformation or a kopt.functional transform): give it the "
+                "stateful facade first, wrap(kopt.optimizers.Optimizer.from_transform(tx)).")
+    return ""
+
+
 @keras.saving.register_keras_serializable(package="kopt")
 class KoptOptimizer(keras.optimizers.Optimizer):
     """A `keras.optimizers.Optimizer` that runs a kopt optimizer's update.
@@ -117,7 +213,8 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 "kopt.interop.keras.wrap expects a kopt optimizer (e.g. "
-                f"kopt.optimizers.Adam(0.1)) or its name. Received: {optimizer!r}")
+                f"kopt.optimizers.Adam(0.1)) or its name.{_transform_hint(optimizer)} "
+                f"Received: optimizer={optimizer!r} of type {type(optimizer).__name__}")
         # The learning rate lives in kopt's state; Keras's own machinery never reads it
         # because the `learning_rate` property is overridden below.
         super().__init__(learning_rate=lambda: self.learning_rate,
@@ -126,6 +223,10 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         self._kopt = optimizer
         self._state_vars = []
         self._treedef = None
+        self._pending = set()    # state variables Keras wrote since kopt last followed
+        self._pushing = False
+        self._views = None
+        self._scale_index = None   # which state variable holds a LossScaleOptimizer's scale
 
     # ----------------------------------------------------------------- state sync
     @property
@@ -135,16 +236,62 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         return self._kopt
 
     def _pull(self) -> None:
-        """Keras variables -> the kopt optimizer's state."""
-        if self.built:
-            self._kopt.state = jax.tree.unflatten(
-                self._treedef, [v.value for v in self._state_vars])
+        """Keras variables -> the kopt optimizer's state (the buffers are shared)."""
+        if not self.built:
+            return
+        values = [v._value for v in self._state_vars]
+        if any(x is None for x in values):
+            return   # mid-epoch, Keras's trainer holds the state; it syncs back later
+        self._pending.clear()
+        state = jax.tree.unflatten(self._treedef, values)
+        kopt = self._kopt
+        with LOCK:
+            # The buffers stay the Keras variables': shared, not copied, and marked as
+            # lent, so a kopt step copies them before consuming any (Keras still holds
+            # them). `opt.state = ...` would copy the whole state on every sync.
+            kopt._state = state
+            kopt._iterations = jnp.copy(state.count)
+            kopt._state_lent = True
 
     def _push(self) -> None:
         """The kopt optimizer's state -> Keras variables."""
-        for var, leaf in zip(self._state_vars, jax.tree.leaves(self._kopt.state)):
-            var.assign(leaf)
-        self._iterations.assign(jnp.asarray(self._kopt.iterations, self._iterations.dtype))
+        self._pushing = True
+        try:
+            for var, leaf in zip(self._state_vars, jax.tree.leaves(self._kopt.state)):
+                var.assign(leaf)
+            self._iterations.assign(jnp.asarray(_value(self._kopt.iterations),
+                                                self._iterations.dtype))
+        finally:
+            self._pushing = False
+        self._pending.clear()
+
+    def _state_variable_assigned(self, var) -> None:
+        """Keras wrote `var`: once it has written all of them, the kopt optimizer follows."""
+        if self._pushing:
+            return
+        self._pending.add(id(var))
+        if len(self._pending) == len(self._state_vars):
+            self._pull()
+
+    @property
+    def optimizers(self) -> list:
+        """For a wrapped `MultiOptimizer` (also inside a `LossScaleOptimizer`): a view of
+        each inner optimizer, whose `learning_rate` reads and sets that optimizer's rate,
+        as `keras.optimizers.MultiOptimizer.optimizers`. Other optimizers have no
+        `optimizers` (an `AttributeError`, so `hasattr` is False, as Keras's callbacks
+        expect)."""
+        multi = self._kopt
+        while not isinstance(multi, MultiOptimizer) and "inner_optimizer" in vars(multi):
+            multi = multi.inner_optimizer
+        if not isinstance(multi, MultiOptimizer):
+            raise AttributeError(
+                f"{type(self).__name__} {self.name!r} wraps a single "
+                f"{type(self._kopt).__name__}, which has no `optimizers`; only a wrapped "
+                "MultiOptimizer has them.")
+        known = {id(v._optimizer): v for v in (self._views or [])}
+        self._views = [known.get(id(o)) or _InnerOptimizerView(self, o)
+                       for o in multi.optimizers]
+        return list(self._views)
 
     def build(self, variables):
         """Build kopt's state for `variables` and hold it in Keras optimizer variables.
@@ -158,13 +305,32 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         self._kopt.build(variables)
         super().build(variables)
         leaves, self._treedef = jax.tree.flatten(self._kopt.state)
+        owner = weakref.ref(self)
         for leaf, name in zip(leaves, _state_names(self._kopt.state, variables)):
-            var = self.add_variable(shape=leaf.shape, dtype=leaf.dtype, name=name)
-            var.assign(leaf)
+            with keras.name_scope(self.name, caller=self):
+                var = _StateVariable(initializer=leaf, shape=leaf.shape, dtype=leaf.dtype,
+                                     trainable=False, aggregation="none", name=name)
+            self._track_variable(var)
+            var._kopt_owner = owner
             self._state_vars.append(var)
-        self._iterations.assign(jnp.asarray(self._kopt.iterations, self._iterations.dtype))
+        if isinstance(self._kopt, LossScaleOptimizer):
+            paths = jax.tree_util.tree_flatten_with_path(self._kopt.state)[0]
+            self._scale_index = next(i for i, (path, _) in enumerate(paths)
+                                     if getattr(path[0], "name", None) == "dynamic_scale")
+        self._iterations.assign(jnp.asarray(_value(self._kopt.iterations),
+                                            self._iterations.dtype))
 
     # ----------------------------------------------------------------- updates
+    def scale_loss(self, loss):
+        """What Keras's trainer differentiates: `loss` times a `LossScaleOptimizer`'s
+        current dynamic scale (read from the state inside the compiled step), or times
+        `loss_scale_factor`."""
+        if self._scale_index is not None:
+            return _times(loss, self._state_vars[self._scale_index].value)
+        if not self.built and isinstance(self._kopt, LossScaleOptimizer):
+            return self._kopt.scale_loss(loss)
+        return super().scale_loss(loss)
+
     def apply(self, grads, trainable_variables=None):
         """Eager update: kopt's compiled, donated step on the Keras variables."""
         if trainable_variables is None:
@@ -189,18 +355,25 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         `optimizer_variables` and the returned list follow `self.variables`; the
         trainable values follow the variables this optimizer was built with.
         """
+        name = type(self).__name__   # Keras's texts, then kopt's
         if not self.built:
             raise ValueError(
-                f"To call `stateless_apply`, {type(self).__name__} must be built: call "
-                "optimizer.build(trainable_variables) first.")
+                f"To call `stateless_apply`, {name} must be built (i.e. its variables must "
+                "have been created). You can build it via "
+                "`optimizer.build(trainable_variables)`.")
         if len(optimizer_variables) != len(self.variables):
             raise ValueError(
-                f"stateless_apply expected {len(self.variables)} optimizer variables (one "
-                f"per entry of optimizer.variables); received {len(optimizer_variables)}.")
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {name}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {len(self.variables)} variables. "
+                f"(kopt: Keras's iteration counter, then one per array leaf of the kopt "
+                f"optimizer's state.)")
         if len(trainable_variables) != len(self._trainable_variables):
             raise ValueError(
-                f"stateless_apply expected {len(self._trainable_variables)} trainable "
-                f"values, as built; received {len(trainable_variables)}.")
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                "to the trainable variables list that the optimizer was built with. Received "
+                f"len(trainable_variables) == {len(trainable_variables)} whereas the "
+                f"optimizer was built with {len(self._trainable_variables)} variables.")
         # A wrapping LossScaleOptimizer passes our Keras variables themselves, inside a
         # StatelessScope that maps them to their values.
         current = {id(v): x.value if isinstance(x, keras.Variable) else x

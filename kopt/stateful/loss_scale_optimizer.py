@@ -12,7 +12,10 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
-from kopt.stateful.optimizer import Optimizer, _check_loss
+from kopt.stateful.multi_optimizer import MultiOptimizer, keras_codec
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.variable import LOCK
 
 __all__ = ["LossScaleOptimizer"]
 
@@ -77,23 +80,27 @@ class LossScaleOptimizer(Optimizer):
             )
         if not kwargs.pop("dynamic", True):
             raise ValueError(
-                "LossScaleOptimizer does not support `dynamic=False`; set "
-                "`loss_scale_factor` on the inner optimizer for a fixed scale. "
-                "Received: dynamic=False")
+                "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set "
+                "`loss_scale_factor` directly on the `inner_optimizer`. (kopt: a fixed "
+                "scale is the inner optimizer's `loss_scale_factor`.) Received: dynamic=False")
         for key, default in _BASE_DEFAULTS.items():
-            value = kwargs.pop(key, default)
-            if value != default:
+            if key not in kwargs:
+                continue
+            value = kwargs.pop(key)
+            if (value is None) != (default is None) or value != default:
                 raise ValueError(
-                    f"LossScaleOptimizer does not support `{key}`; set it on the inner "
-                    f"optimizer instead. Received: {key}={value!r}")
+                    f"LossScaleOptimizer does not support `{key}`. Instead, set `{key}` on "
+                    f"the `inner_optimizer`. Received: {key}={value!r}; the inner optimizer "
+                    f"is {type(inner_optimizer).__name__} {inner_optimizer.name!r}.")
         if kwargs:
-            raise ValueError(f"LossScaleOptimizer: argument(s) not recognized: {kwargs}.")
+            received = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise ValueError(
+                "LossScaleOptimizer does not support arguments: "
+                f"`{'`, `'.join(kwargs.keys())}`. Received: {received}")
         _check_scale_arguments(initial_scale, dynamic_growth_steps)
-        if inner_optimizer.loss_scale_factor is not None:
-            inner_optimizer.loss_scale_factor = None
-            inner_optimizer._transform = inner_optimizer._make_transform(inner_optimizer._mask)
-            if inner_optimizer.built:
-                inner_optimizer._compile()
+        # As Keras: turn the inner optimizer's loss scaling off, or the gradients would be
+        # unscaled twice. A MultiOptimizer passes it on to its own inner optimizers.
+        _turn_off_loss_scale_factor(inner_optimizer)
         self.inner_optimizer = inner_optimizer
         self.initial_scale = initial_scale
         self.dynamic_growth_steps = dynamic_growth_steps
@@ -119,6 +126,19 @@ class LossScaleOptimizer(Optimizer):
             self.inner_optimizer._state = state.inner
 
     @property
+    def _state_lent(self):
+        """Whether this state (or the inner optimizer's part of it) was handed out and
+        must be copied before a step consumes it."""
+        return bool(self.__dict__.get("_own_lent")) or bool(
+            getattr(self.inner_optimizer, "_state_lent", False))
+
+    @_state_lent.setter
+    def _state_lent(self, value):
+        self.__dict__["_own_lent"] = bool(value)
+        if not value and "inner_optimizer" in self.__dict__:
+            self.inner_optimizer._state_lent = False
+
+    @property
     def _iterations(self):
         return self.inner_optimizer._iterations
 
@@ -128,7 +148,7 @@ class LossScaleOptimizer(Optimizer):
 
     def __getstate__(self):
         d = super().__getstate__()
-        for key in ("_state", "_iterations", "_inner_tx"):
+        for key in ("_state", "_iterations", "_inner_tx", "_state_lent"):
             d.pop(key, None)
         if self._own is not None:
             d["_own"] = jax.device_get(self._own)
@@ -137,10 +157,15 @@ class LossScaleOptimizer(Optimizer):
     def _make_transform(self, mask=None):
         del mask   # weight decay is the inner optimizer's
         self._inner_tx = self.inner_optimizer.transform
+        if self._inner_tx is None:   # a MultiOptimizer has its transform once built
+            return None
         return dynamic_loss_scale(self._inner_tx, self.initial_scale, self.dynamic_growth_steps)
 
     def _sync(self):
         """Follow a change of the inner optimizer's transform (a new schedule, say)."""
+        inner_sync = getattr(self.inner_optimizer, "_sync", None)
+        if inner_sync is not None:   # a wrapper inside: let it follow its own first
+            inner_sync()
         if self.inner_optimizer.transform is not self._inner_tx:
             self._transform = self._make_transform()
             if self.built:
@@ -161,6 +186,7 @@ class LossScaleOptimizer(Optimizer):
         self._index = dict(self.inner_optimizer._index)
         self._transform = self._make_transform()
         self._own = (jnp.zeros((), jnp.int32), jnp.asarray(self.initial_scale, jnp.float32))
+        self._state_lent = False
         self._compile()
 
     def apply(self, grads, variables=None):
@@ -180,7 +206,13 @@ class LossScaleOptimizer(Optimizer):
         def run(values, state, *a):
             def scaled(vals):
                 loss = loss_fn(list(vals), *a)
-                _check_loss(loss)
+                dtype = getattr(loss, "dtype", None)
+                if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                    raise TypeError(
+                        "minimize: loss_fn must return a floating-point scalar, since the "
+                        "step differentiates it; an integer loss has no gradient. Received: "
+                        f"a loss of dtype {dtype} "
+                        f"(loss_fn={getattr(loss_fn, '__name__', loss_fn)!r}).")
                 return _times(loss, state.dynamic_scale), loss
 
             (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(values)
@@ -189,14 +221,38 @@ class LossScaleOptimizer(Optimizer):
 
         return run
 
-    def stateless_apply(self, state, grads, values):
-        """The pure step for use inside jit: `(state, grads, values) -> (values, state)`.
-
-        `state` is `opt.state` (a `LossScaleState`); `grads` are the gradients of the
-        loss times `state.dynamic_scale`. Write back with `opt.state = state`.
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """The pure step for use inside jit, in kopt's form `(state, grads, values) ->
+        (values, state)` with `state` the `LossScaleState` `opt.state`, or in Keras's
+        form with the flat list of the values of `opt.variables`
+        (`[step_counter, dynamic_scale, *inner_optimizer.variables]`), returning
+        `(values, optimizer_variables)`. `grads` are the gradients of the loss times the
+        dynamic scale.
         """
         self._sync()
-        return super().stateless_apply(state, grads, values)
+        if not self.built or isinstance(optimizer_variables, LossScaleState) or not isinstance(
+                optimizer_variables, (list, tuple)):
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        n, unflatten, flatten = self._keras_codec()
+        if len(optimizer_variables) != n:
+            raise ValueError(
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {type(self).__name__}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {n} variables.")
+        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
+        values, state = super().stateless_apply(state, grads, trainable_variables)
+        return values, flatten(state)
+
+    def _keras_codec(self):
+        """Keras's flat form of `variables`: see `kopt.stateful.multi_optimizer.keras_codec`."""
+        m, unflat, flat = keras_codec(self.inner_optimizer)
+
+        def unflatten(values):
+            values = list(values)
+            return LossScaleState(jnp.asarray(values[0], jnp.int32),
+                                  jnp.asarray(values[1], jnp.float32), unflat(values[2:]))
+
+        return 2 + m, unflatten, lambda st: [st.step_counter, st.dynamic_scale, *flat(st.inner)]
 
     # ----------------------------------------------------------------- scale and proxies
     @property
@@ -239,52 +295,65 @@ class LossScaleOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- weights
     @property
-    def variables(self) -> list[jax.Array]:
-        """The arrays of `get_weights()`, in its order (snapshots)."""
-        return self._weight_arrays()
+    def variables(self) -> list:
+        """`[step_counter, dynamic_scale, *inner_optimizer.variables]`, Keras-style views
+        (Keras's own LossScaleOptimizer also lists an unused iteration and learning rate
+        of its own first)."""
+        with LOCK:
+            if not self.built:
+                return []
+            own = [OptimizerVariable(name, f"{self.name}/{name}",
+                                     read=lambda k=k: jnp.copy(self._own[k]),
+                                     write=lambda x, k=k: self._write_own(k, x))
+                   for k, name in enumerate(("step_counter", "dynamic_scale"))]
+            return own + list(self.inner_optimizer.variables)
 
-    def _weight_arrays(self) -> list[jax.Array]:
-        """`[iterations, step_counter, dynamic_scale, *inner slots]` (snapshots)."""
-        if not self.built:
-            return []
+    def _write_own(self, k, value):
+        with LOCK:
+            own = list(self._own)
+            args = [own[0], own[1]]
+            args[k] = value
+            own[k] = _own_weights(*args)[k]
+            self._own = tuple(own)
+
+    def _weight_arrays(self) -> list:
         inner = self.inner_optimizer._weight_arrays()
-        return [inner[0], jnp.copy(self._own[0]), jnp.copy(self._own[1]), *inner[1:]]
+        return [inner[0], self._own[0], self._own[1], *inner[1:]]
 
     def set_weights(self, weights) -> None:
         """Load `[iterations, step_counter, dynamic_scale, *inner slots]` (validated in
         full before any change)."""
         if not self.built:
             raise ValueError(
-                "set_weights() needs a built optimizer: call opt.build(variables) first.")
+                "You are calling `set_weights()` on an optimizer that has not yet been built. "
+                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
+                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
+                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
         if not isinstance(weights, (list, tuple)):
             raise TypeError(
                 f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
-        expected = 2 + len(self.inner_optimizer._weight_arrays())
-        if len(weights) != expected:
-            raise ValueError(
-                f"set_weights expected a list of {expected} arrays (iterations, step_counter, "
-                f"dynamic_scale, then the {expected - 3} of the inner optimizer "
-                f"{self.inner_optimizer.name!r}); received {len(weights)}.")
-        counter, scale = np.asarray(weights[1]), np.asarray(weights[2])
-        if not (counter.shape == () and _is_real(counter) and 0 <= counter < np.inf
-                and float(counter) == int(counter)):
-            raise ValueError(
-                "set_weights: entry 1 (step_counter) must be a 0-d integer >= 0. "
-                f"Received: {_describe(counter)}.")
-        if not (scale.shape == () and _is_real(scale) and 0 < scale < np.inf):
-            raise ValueError(
-                "set_weights: entry 2 (dynamic_scale) must be a 0-d number, finite and > 0. "
-                f"Received: {_describe(scale)}.")
+        with LOCK:
+            expected = 2 + len(self.inner_optimizer._weight_arrays())
+            if len(weights) != expected:
+                raise ValueError(
+                    f"set_weights expected a list of {expected} arrays (iterations, "
+                    f"step_counter, dynamic_scale, then the {expected - 3} of the inner "
+                    f"optimizer {self.inner_optimizer.name!r}); received {len(weights)}.")
+            own = _own_weights(weights[1], weights[2])
 
-        def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
-            k = int(match.group(1))
-            return f"entry {k + 2 if k else 0}"
+            def renumber(match):   # the inner list's entry k >= 1 is this list's entry k + 2
+                k = int(match.group(1))
+                return f"entry {k + 2 if k else 0}"
 
-        try:
-            self.inner_optimizer.set_weights([weights[0], *weights[3:]])
-        except ValueError as e:
-            raise ValueError(re.sub(r"entry (\d+)", renumber, str(e))) from None
-        self._own = (jnp.asarray(int(counter), jnp.int32), jnp.asarray(scale, jnp.float32))
+            # Everything is checked and converted before anything is assigned.
+            try:
+                state = self.inner_optimizer._state_from_weights([weights[0], *weights[3:]])
+            except (ValueError, TypeError) as e:
+                raise type(e)(re.sub(r"entry (\d+)", renumber, str(e))) from None
+            self.inner_optimizer._state = state
+            self.inner_optimizer._iterations = jnp.copy(state.count)
+            self._own = own
+            self._state_lent = False
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
@@ -295,9 +364,10 @@ class LossScaleOptimizer(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        from kopt.stateful.registry import deserialize
+        from kopt.stateful.registry import check_config_tree, deserialize
         if not isinstance(config, dict):
-            raise TypeError(f"from_config expects a dict. Received: {config!r}")
+            raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
+        check_config_tree(config)
         config = dict(config)
         if "inner_optimizer" not in config:
             raise ValueError(
@@ -307,6 +377,45 @@ class LossScaleOptimizer(Optimizer):
         if isinstance(inner, dict):
             inner = deserialize(inner)
         return cls(inner, **config)
+
+
+def _turn_off_loss_scale_factor(opt: Optimizer) -> None:
+    """`opt.loss_scale_factor = None`, with its transform remade (its step recompiled)."""
+    if isinstance(opt, MultiOptimizer):
+        opt.loss_scale_factor = None   # passes it on to its optimizers, remakes its step
+        return
+    if opt.loss_scale_factor is None:
+        return
+    opt.loss_scale_factor = None
+    opt._transform = opt._make_transform(opt._mask)
+    if opt.built:
+        opt._compile()
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _own_weights(counter, scale):
+    """`(step_counter, dynamic_scale)` as the state holds them, from `set_weights` entries
+    1 and 2; every check is done before anything is converted."""
+    counter, scale = np.asarray(counter), np.asarray(scale)
+    if not (counter.shape == () and _is_real(counter) and np.isfinite(counter)
+            and float(counter) == int(counter) and 0 <= int(counter) <= _INT32.max):
+        raise ValueError(
+            "set_weights: entry 1 (step_counter) must be a 0-d integer in [0, "
+            f"{_INT32.max}] (int32). Received: {_describe(counter)}.")
+    if not (scale.shape == () and _is_real(scale)):
+        raise ValueError(
+            "set_weights: entry 2 (dynamic_scale) must be a 0-d number, finite and > 0 in "
+            f"float32. Received: {_describe(scale)}.")
+    with np.errstate(over="ignore", under="ignore"):
+        as_f32 = np.float32(scale)
+    if not (np.isfinite(as_f32) and as_f32 > 0):
+        raise ValueError(
+            "set_weights: entry 2 (dynamic_scale) must be finite and > 0 in float32 (at "
+            f"most {np.finfo(np.float32).max:.4g}). Received: {_describe(scale)}, which is "
+            f"{as_f32!r} in float32.")
+    return jnp.asarray(int(counter), jnp.int32), jnp.asarray(as_f32, jnp.float32)
 
 
 def _is_real(x: np.ndarray) -> bool:

@@ -21,23 +21,80 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
-from kopt.stateful.optimizer import Optimizer, _check_grads, _is_variable, _var_name
+from kopt.stateful.optimizer import Optimizer, _check_grads, _entry_value, _is_variable, _var_name
+from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.transform_optimizer import _iteration_count
+from kopt.stateful.variable import LOCK
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
-_LR_MESSAGE = (
-    "A MultiOptimizer has no learning rate of its own: each inner optimizer has one. "
-    "Read or set it on `multi.optimizers[i].learning_rate` instead."
+# Keras's messages, then kopt's.
+_LR_GET_MESSAGE = (
+    "Learning rate cannot be accessed on a MultiOptimizer. Access the learning rate on the "
+    "individual sub-optimizers instead. A MultiOptimizer has no learning rate of its own: "
+    "each inner optimizer has one. Read it on `multi.optimizers[i].learning_rate`."
+)
+_LR_SET_MESSAGE = (
+    "Learning rate cannot be set on a MultiOptimizer. Set the learning rate on the "
+    "individual sub-optimizers instead. A MultiOptimizer has no learning rate of its own: "
+    "each inner optimizer has one. Set it on `multi.optimizers[i].learning_rate`."
 )
 
 
-def _check_inner(opt, where: str) -> None:
+def _check_type(opt, where: str) -> None:
     if not isinstance(opt, Optimizer):
         raise ValueError(f"{where} must be a kopt optimizer instance. Received: {opt!r}")
+
+
+def _nesting_error(opt, where: str, setitem: bool = False) -> ValueError | None:
+    """The error for a wrapper inside a MultiOptimizer, with Keras's message, or None.
+
+    Keras's sentence is the one of `MultiOptimizer.build`, or with `setitem` the one of
+    `OptimizerMap.__setitem__`.
+    """
     if isinstance(opt, MultiOptimizer):
-        raise ValueError(f"{where} cannot be a MultiOptimizer. Received: {opt!r}")
-    if "inner_optimizer" in vars(opt):   # a wrapper such as LossScaleOptimizer, as in Keras
-        raise ValueError(f"{where} cannot be a wrapper of another optimizer. Received: {opt!r}")
+        kind = "MultiOptimizer"
+    elif "inner_optimizer" in vars(opt):   # LossScaleOptimizer, or any wrapper like it
+        kind = "LossScaleOptimizer"
+    else:
+        return None
+    text = (f"optimizer cannot be {kind}." if setitem
+            else f"{kind} cannot be used inside an MultiOptimizer.")
+    hint = ("wrap the MultiOptimizer in the LossScaleOptimizer instead" if kind ==
+            "LossScaleOptimizer" else "list its inner optimizers in this one")
+    return ValueError(f"{text} {where} is a {type(opt).__name__} ({opt.name!r}); {hint}. "
+                      f"Received: {opt!r}")
+
+
+def _check_inner(opt, where: str) -> None:
+    """Type and nesting: what Keras checks when a MultiOptimizer is built."""
+    _check_type(opt, where)
+    err = _nesting_error(opt, where)
+    if err is not None:
+        raise err
+
+
+def _set_loss_scale_factor(opt: Optimizer, value) -> None:
+    """Set an inner optimizer's `loss_scale_factor`, remaking its transform if it changed."""
+    if isinstance(opt, MultiOptimizer) or "inner_optimizer" in vars(opt):
+        return   # a nested wrapper: refused when the MultiOptimizer is built
+    if opt.loss_scale_factor == value and (opt.loss_scale_factor is None) == (value is None):
+        return
+    opt.loss_scale_factor = value
+    opt._transform = opt._make_transform(opt._mask)
+    if opt.built:
+        opt._compile()
+
+
+def keras_codec(opt: Optimizer):
+    """`(n, unflatten, flatten)` for Keras's flat form of `opt.variables`: `n` arrays,
+    `unflatten(flat) -> state` and `flatten(state) -> flat` (both traceable)."""
+    own = getattr(opt, "_keras_codec", None)
+    if own is not None:
+        return own()
+    entries = opt._keras_entries()
+    return (len(entries), lambda flat: opt._unflatten(entries, list(flat)),
+            lambda state: [_entry_value(state, e) for e in entries])
 
 
 class OptimizerMap(MutableMapping):
@@ -56,14 +113,19 @@ class OptimizerMap(MutableMapping):
 
     def __init__(self, default_optimizer: Optimizer | None = None,
                  optimizer_map: dict[str, Optimizer] | None = None):
-        if default_optimizer is not None:
-            _check_inner(default_optimizer, "default_optimizer")
+        if default_optimizer is not None and not isinstance(default_optimizer, Optimizer):
+            raise TypeError(   # Keras's type and text, then kopt's
+                "default_optimizer must be a Keras Optimizer instance. Received: "
+                f"{default_optimizer} (kopt: a kopt optimizer such as kopt.optimizers.SGD(0.1), "
+                f"or None; received {default_optimizer!r}).")
         if optimizer_map is not None and not isinstance(optimizer_map, dict):
             raise TypeError(f"optimizer_map must be a dict. Received: {optimizer_map!r}")
         self._default_optimizer = default_optimizer
         self._optimizer_map: dict[str, Optimizer] = {}
         for key, opt in (optimizer_map or {}).items():
-            self[key] = opt
+            # As Keras: a nested wrapper given here is refused when a MultiOptimizer
+            # is built with it (assigning one with `map[key] = opt` is refused at once).
+            self._put(key, opt, nested_ok=True)
 
     @property
     def default_optimizer(self) -> Optimizer | None:
@@ -75,8 +137,9 @@ class OptimizerMap(MutableMapping):
         matches = [p for p in self._optimizer_map if re.fullmatch(p, key)]
         if len(matches) > 1:
             raise ValueError(
-                f"Variable {key!r} matches more than one key of the OptimizerMap: {matches}. "
-                "Each variable must have exactly one optimizer.")
+                f"Multiple optimizers assigned to variable {key}. Variable {key!r} matches "
+                f"more than one key of the OptimizerMap: {matches}. Each variable must have "
+                "exactly one optimizer.")
         if matches:
             return self._optimizer_map[matches[0]]
         if self._default_optimizer is None:
@@ -84,15 +147,30 @@ class OptimizerMap(MutableMapping):
         return self._default_optimizer
 
     def __setitem__(self, key: str, optimizer: Optimizer) -> None:
+        self._put(key, optimizer, nested_ok=False)
+
+    def _put(self, key: str, optimizer: Optimizer, nested_ok: bool) -> None:
+        # Keras's texts first, then kopt's details.
+        if isinstance(key, str) and key in self._optimizer_map:
+            raise ValueError(
+                f"'{key}' already exists in the OptimizerMap with value "
+                f"{self._optimizer_map[key]}. Please make sure to not use duplicated keys. "
+                f"(kopt: the key {key!r} is already in the OptimizerMap; keys must be unique.)")
         if not isinstance(key, str):
             raise ValueError(f"An OptimizerMap key must be a string. Received: {key!r}")
-        if key in self._optimizer_map:
-            raise ValueError(f"The key {key!r} is already in the OptimizerMap; keys must be unique.")
         try:
             re.compile(key)
         except re.error as e:
             raise ValueError(f"The OptimizerMap key {key!r} is not a valid regex: {e}") from e
-        _check_inner(optimizer, f"The optimizer for key {key!r}")
+        where = f"The optimizer for key {key!r}"
+        if not nested_ok and not isinstance(optimizer, Optimizer):
+            raise ValueError(
+                f"optimizer must be a Keras Optimizer instance. Received: {optimizer} "
+                f"(kopt: {where} must be a kopt optimizer instance; received {optimizer!r}).")
+        _check_type(optimizer, where)
+        err = None if nested_ok else _nesting_error(optimizer, where, setitem=True)
+        if err is not None:
+            raise err
         self._optimizer_map[key] = optimizer
 
     def __delitem__(self, key: str) -> None:
@@ -116,10 +194,23 @@ class OptimizerMap(MutableMapping):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OptimizerMap:
-        from kopt.stateful.registry import deserialize
+        from kopt.stateful.registry import check_config_tree, deserialize
+        if not isinstance(config, dict):
+            raise TypeError(f"OptimizerMap.from_config expects a dict. Received: {config!r}"[:300])
+        check_config_tree(config)
+        unknown = [k for k in config if k not in ("default_optimizer", "optimizer_map")]
+        if unknown:
+            raise ValueError(
+                f"Unknown key(s) {unknown} in the OptimizerMap config; expected "
+                "'default_optimizer' and 'optimizer_map'.")
         default = config.get("default_optimizer")
+        entries = config.get("optimizer_map") or {}
+        if not isinstance(entries, dict):
+            raise TypeError(
+                "The OptimizerMap config's 'optimizer_map' must be a dict {regex: optimizer "
+                f"config}}. Received: optimizer_map={entries!r}"[:300])
         return cls(None if default is None else deserialize(default),
-                   {k: deserialize(o) for k, o in (config.get("optimizer_map") or {}).items()})
+                   {k: deserialize(o) for k, o in entries.items()})
 
 
 class MultiOptimizer(Optimizer):
@@ -139,9 +230,14 @@ class MultiOptimizer(Optimizer):
         - a callable `variable -> optimizer`, as in Keras;
         - a list of `(optimizer, variables)` pairs (kopt only): a variable in two pairs is
           a `ValueError` here, and one in no pair when the optimizer is built.
-        A variable that no optimizer claims is a `ValueError` at build.
-      loss_scale_factor: if not None, overrides every inner optimizer's
-        `loss_scale_factor` (as Keras). Default None: each keeps its own.
+        A variable that no optimizer claims is a `ValueError` at build. As in Keras, a
+        `LossScaleOptimizer` or `MultiOptimizer` among the inner optimizers is refused
+        when the MultiOptimizer is built, with Keras's message (and at once by
+        `OptimizerMap.__setitem__`).
+      loss_scale_factor: every inner optimizer's `loss_scale_factor`, as in Keras: it
+        is set on them here (None included), on any met at build (a callable), and
+        again whenever `multi.loss_scale_factor` is set (a `LossScaleOptimizer` around
+        this one sets it to None, so the gradients are unscaled once). Default None.
       name: default "multioptimizer".
 
     Attributes and behaviour:
@@ -204,6 +300,20 @@ class MultiOptimizer(Optimizer):
         self._optimizer_map = optimizer_map
         super().__init__(learning_rate=0.0, loss_scale_factor=loss_scale_factor, name=name)
 
+    @property
+    def loss_scale_factor(self):
+        """The inner optimizers' common `loss_scale_factor` (see the class docstring)."""
+        return self.__dict__.get("_loss_scale_factor")
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        validate_loss_scale_factor(value)
+        self.__dict__["_loss_scale_factor"] = value
+        for opt in self.__dict__.get("_inner", ()):
+            _set_loss_scale_factor(opt, value)
+        if self.__dict__.get("_active") is not None:   # built: remake the joint step
+            self._setup()
+
     @staticmethod
     def _check_pairs(pairs):
         out, owner = [], {}
@@ -213,7 +323,7 @@ class MultiOptimizer(Optimizer):
                     f"optimizer_map entry {i} must be an (optimizer, variables) pair. "
                     f"Received: {pair!r}")
             opt, variables = pair
-            _check_inner(opt, f"The optimizer of optimizer_map entry {i}")
+            _check_type(opt, f"The optimizer of optimizer_map entry {i}")
             variables = [variables] if _is_variable(variables) else list(variables)
             for v in variables:
                 if not _is_variable(v):
@@ -246,6 +356,10 @@ class MultiOptimizer(Optimizer):
             raise ValueError(
                 f"No optimizer is assigned to variable {_var_name(v)!r}: {why}. Every "
                 "variable needs exactly one optimizer.")
+        if not isinstance(opt, Optimizer):
+            raise ValueError(
+                f"Optimizer for variable {_var_name(v)} is not an Optimizer instance. It must "
+                f"be a kopt optimizer. Received: {opt!r}")
         _check_inner(opt, f"The optimizer for variable {_var_name(v)!r}")
         return opt
 
@@ -256,7 +370,10 @@ class MultiOptimizer(Optimizer):
 
     def build(self, variables) -> None:
         """Assign each variable to its optimizer, build those, and create the joint step."""
-        variables = list(variables)
+        with LOCK:
+            self._build(list(variables))
+
+    def _build(self, variables) -> None:
         for i, v in enumerate(variables):
             if not _is_variable(v):
                 raise TypeError(
@@ -295,8 +412,7 @@ class MultiOptimizer(Optimizer):
         for opt, idx in zip(inner, owned):
             if not idx:
                 continue
-            if self.loss_scale_factor is not None:
-                opt.loss_scale_factor = self.loss_scale_factor
+            _set_loss_scale_factor(opt, self.loss_scale_factor)
             if not opt.built:
                 for var_list, var_names in self._exclusions:
                     try:
@@ -315,6 +431,7 @@ class MultiOptimizer(Optimizer):
             self._vars, self._active = None, None
             raise
         self._iterations = jnp.copy(self._count)
+        self._state_lent = False
 
     def _setup(self):
         """(Re)make the partition transform, the state views and the compiled step."""
@@ -356,7 +473,7 @@ class MultiOptimizer(Optimizer):
         def step(values, state, grads):
             _check_grads(grads, values, names)
             updates, state = tx.update(grads, state, values)
-            # Undonated copies of every count, so held `iterations` stay valid.
+            # Copies of every count, so held `iterations` stay valid.
             counts = (jnp.copy(state.count),
                       tuple(jnp.copy(s.count) for s in state.inner.values()))
             return apply_updates(values, updates), state, counts
@@ -407,17 +524,41 @@ class MultiOptimizer(Optimizer):
         self.__dict__["_own_iterations"] = value
 
     @property
-    def iterations(self) -> jax.Array:
-        """The number of `apply_gradients` calls, a 0-d int32 `jax.Array`."""
-        if not self.built:
-            return jnp.zeros((), jnp.int32)
-        return self._iterations
+    def _state_lent(self):
+        """Whether the state (the multi's or an inner optimizer's part) was handed out and
+        must be copied before a step consumes it."""
+        return bool(self.__dict__.get("_own_lent")) or any(
+            getattr(opt, "_state_lent", False) for _, opt, _ in (self.__dict__.get("_active") or ()))
+
+    @_state_lent.setter
+    def _state_lent(self, value):
+        self.__dict__["_own_lent"] = bool(value)
+        if not value:
+            for _, opt, _ in self.__dict__.get("_active") or ():
+                opt._state_lent = False
+
+    @property
+    def iterations(self) -> OptimizerVariable:
+        """The number of `apply_gradients` calls, a variable-like 0-d int32 (`int()`,
+        `.value`, `.numpy()`), read-only."""
+        it = self.__dict__.get("_iterations_var")
+        if it is None:
+            it = self._iterations_var = OptimizerVariable(
+                "iteration", f"{self.name}/iteration", read=self._read_iterations)
+        return it
+
+    def _read_iterations(self):
+        with LOCK:
+            if not self.built:
+                return jnp.zeros((), jnp.int32)
+            return jnp.copy(self._count)
 
     def __getstate__(self):
         """Pickle the configuration and the count; the inner optimizers pickle their state."""
         d = {k: v for k, v in self.__dict__.items()
              if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids",
-                          "_own_iterations", "_treedefs", "_inner_transforms")}
+                          "_own_iterations", "_treedefs", "_inner_transforms",
+                          "_iterations_var", "_plain_key", "_own_lent")}
         if self.built:
             d["_count"] = np.asarray(self._count)
         return d
@@ -468,28 +609,73 @@ class MultiOptimizer(Optimizer):
     # ----------------------------------------------------------------- learning rate
     @property
     def learning_rate(self):
-        raise AttributeError(_LR_MESSAGE)
+        raise AttributeError(_LR_GET_MESSAGE)
 
     @learning_rate.setter
     def learning_rate(self, value):
-        raise AttributeError(_LR_MESSAGE)
+        raise AttributeError(f"{_LR_SET_MESSAGE} Received: learning_rate={value!r}")
 
     def __getattr__(self, key):
         if key == "learning_rate":   # keep the message when the property raises
-            raise AttributeError(_LR_MESSAGE)
+            raise AttributeError(_LR_GET_MESSAGE)
         return super().__getattr__(key)
 
     # ----------------------------------------------------------------- weights
     @property
-    def variables(self) -> list[jax.Array]:
-        """The arrays of `get_weights()`, in its order (snapshots)."""
-        return self._weight_arrays()
+    def variables(self) -> list:
+        """`[iterations]`, then each inner optimizer's `variables` (its own iteration
+        count first), in `optimizers` order, as Keras's MultiOptimizer lists them
+        (Keras also lists an unused learning rate of the MultiOptimizer's own)."""
+        with LOCK:
+            if not self.built:
+                return []
+            out = [self.iterations]
+            for _, opt, _ in self._active:
+                out.extend(opt.variables)
+            return out
 
-    def _weight_arrays(self) -> list[jax.Array]:
-        """`[iterations]`, then each inner optimizer's variables without its count."""
-        if not self.built:
-            return []
-        out = [jnp.copy(self._count)]
+    def _keras_codec(self):
+        codecs = [(k, keras_codec(opt)) for k, opt, _ in self._active]
+        n = 1 + sum(c[0] for _, c in codecs)
+
+        def unflatten(flat):
+            flat = list(flat)
+            inner, pos = {}, 1
+            for k, (m, unflat, _) in codecs:
+                compact = unflat(flat[pos:pos + m])
+                pos += m
+                inner[k] = self._treedefs[k][0].unflatten(jax.tree.leaves(compact))
+            return PartitionState(count=jnp.asarray(flat[0], jnp.int32), inner=inner)
+
+        def flatten(state):
+            out = [state.count]
+            for k, (_, _, flat) in codecs:
+                compact = self._treedefs[k][1].unflatten(jax.tree.leaves(state.inner[k]))
+                out.extend(flat(compact))
+            return out
+
+        return n, unflatten, flatten
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """The pure step for use inside jit: kopt's form with `opt.state` (a
+        `PartitionState`), or Keras's with the flat list of the values of `opt.variables`
+        (see the base class)."""
+        self._sync()
+        if not self.built or isinstance(optimizer_variables, PartitionState) or not isinstance(
+                optimizer_variables, (list, tuple)):
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        n, unflatten, flatten = self._keras_codec()
+        if len(optimizer_variables) != n:
+            raise ValueError(
+                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
+                f"to {type(self).__name__}().variables. Received list with length "
+                f"{len(optimizer_variables)}, but expected {n} variables.")
+        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
+        values, state = super().stateless_apply(state, grads, trainable_variables)
+        return values, flatten(state)
+
+    def _weight_arrays(self) -> list:
+        out = [self._count]
         for _, opt, _ in self._active:
             out.extend(opt._weight_arrays()[1:])
         return out
@@ -503,47 +689,31 @@ class MultiOptimizer(Optimizer):
         """
         return super().get_weights()
 
-    def set_weights(self, weights) -> None:
-        """Load a list made by `get_weights` (validated in full before any change)."""
-        if not self.built:
-            raise ValueError(
-                "set_weights() needs a built optimizer: call opt.build(variables) first.")
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(
-                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+    def _state_from_weights(self, weights):
+        """The state `set_weights(weights)` loads (nothing is changed here). Each inner
+        optimizer's count is set to the iterations (or to the real updates that many calls
+        make, under its gradient accumulation)."""
         sizes = [len(opt._weight_arrays()) - 1 for _, opt, _ in self._active]
         if len(weights) != 1 + sum(sizes):
             layout = ", ".join(f"{n} for {opt.name!r}" for n, (_, opt, _) in zip(sizes, self._active))
             raise ValueError(
                 f"set_weights expected a list of {1 + sum(sizes)} arrays (iterations, then "
                 f"{layout}); received {len(weights)}.")
-        count = np.asarray(weights[0])
-        if count.shape != () or not (np.issubdtype(count.dtype, np.integer)
-                                     or (np.issubdtype(count.dtype, np.floating)
-                                         and float(count) == int(count))):
-            raise ValueError(
-                "set_weights: entry 0 must be the iteration count, a 0-d integer. "
-                f"Received shape {count.shape}, dtype {count.dtype}.")
-        count = int(count)
-        saved = [(opt._state, opt._iterations) for _, opt, _ in self._active]
-        start = 1
-        try:
-            for n, (_, opt, _) in zip(sizes, self._active):
-                steps = getattr(opt, "gradient_accumulation_steps", None)
-                inner_count = count // steps if steps else count
-                try:
-                    opt.set_weights([np.asarray(inner_count, np.int32), *weights[start:start + n]])
-                except (ValueError, TypeError) as e:
-                    raise type(e)(
-                        f"set_weights: entries {start} to {start + n - 1} are inner optimizer "
-                        f"{opt.name!r}'s (its own entries 1 to {n}): {e}") from e
-                start += n
-        except Exception:
-            for (_, opt, _), (state, iterations) in zip(self._active, saved):
-                opt._state, opt._iterations = state, iterations
-            raise
-        self._count = jnp.asarray(count, jnp.int32)
-        self._iterations = jnp.copy(self._count)
+        count = _iteration_count(weights[0])
+        inner, start = {}, 1
+        for n, (k, opt, _) in zip(sizes, self._active):
+            steps = getattr(opt, "gradient_accumulation_steps", None)
+            inner_count = count // steps if steps else count
+            try:
+                compact = opt._state_from_weights(
+                    [np.asarray(inner_count, np.int32), *weights[start:start + n]])
+            except (ValueError, TypeError) as e:
+                raise type(e)(
+                    f"set_weights: entries {start} to {start + n - 1} are inner optimizer "
+                    f"{opt.name!r}'s (its own entries 1 to {n}): {e}") from e
+            inner[k] = self._treedefs[k][0].unflatten(jax.tree.leaves(compact))
+            start += n
+        return PartitionState(count=jnp.asarray(count, jnp.int32), inner=inner)
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
@@ -557,10 +727,16 @@ class MultiOptimizer(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MultiOptimizer:
+        from kopt.stateful.registry import check_config_tree
         if not isinstance(config, dict):
-            raise TypeError(f"from_config expects a dict. Received: {config!r}")
+            raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
+        check_config_tree(config)
         config = dict(config)
-        if isinstance(config.get("optimizer_map"), dict):
-            config["optimizer_map"] = OptimizerMap.from_config(config["optimizer_map"])
+        if not isinstance(config.get("optimizer_map"), dict):
+            raise TypeError(
+                "A MultiOptimizer config needs an 'optimizer_map' entry holding an "
+                "OptimizerMap config (a dict). Received: "
+                f"optimizer_map={config.get('optimizer_map')!r}"[:300])
+        config["optimizer_map"] = OptimizerMap.from_config(config["optimizer_map"])
         return cls(**config)
 

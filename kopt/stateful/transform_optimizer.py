@@ -72,6 +72,27 @@ def _key_name(key) -> str | None:
     return None
 
 
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _iteration_count(x) -> int:
+    """Entry 0 of a `set_weights` list, the iteration count: a 0-d integer (or integral
+    float) in [0, 2**31 - 1], the range of the int32 counter. Checked before anything
+    is converted, so an out-of-range count never fails halfway through a load."""
+    count = np.asarray(x)
+    ok = count.shape == () and (
+        np.issubdtype(count.dtype, np.integer)
+        or (np.issubdtype(count.dtype, np.floating) and bool(np.isfinite(count))
+            and float(count) == int(count)))
+    if ok and 0 <= int(count) <= _INT32_MAX:
+        return int(count)
+    shown = repr(count.item()) if count.shape == () and count.dtype != object else "an array"
+    raise ValueError(
+        "set_weights: entry 0 must be the iteration count, a 0-d integer in "
+        f"[0, {_INT32_MAX}] (int32). Received {shown} of shape {count.shape}, dtype "
+        f"{count.dtype}.")
+
+
 def _check_real(w: np.ndarray, k: int, what: str) -> None:
     if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
         raise ValueError(
@@ -214,7 +235,10 @@ class TransformOptimizer(Optimizer):
         """
         if not self.built:
             raise ValueError(
-                "set_weights() needs a built optimizer: call opt.build(variables) first.")
+                "You are calling `set_weights()` on an optimizer that has not yet been built. "
+                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
+                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
+                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
         if not isinstance(weights, (list, tuple)):
             raise TypeError(
                 f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
@@ -225,13 +249,7 @@ class TransformOptimizer(Optimizer):
                 f"the {len(leaves)} array leaves of the wrapped transform's state); received "
                 f"{len(weights)}."
             )
-        count = np.asarray(weights[0])
-        if count.shape != () or not (np.issubdtype(count.dtype, np.integer)
-                                     or (np.issubdtype(count.dtype, np.floating)
-                                         and float(count) == int(count))):
-            raise ValueError(
-                "set_weights: entry 0 must be the iteration count, a 0-d integer. "
-                f"Received shape {count.shape}, dtype {count.dtype}.")
+        count = _iteration_count(weights[0])
         new = []
         for k, (w, like) in enumerate(zip(weights[1:], leaves), start=1):
             w = np.asarray(w)
@@ -240,12 +258,12 @@ class TransformOptimizer(Optimizer):
                     f"set_weights: entry {k} (state leaf {k - 1}) has shape {w.shape}, "
                     f"expected {like.shape}.")
             _check_real(w, k, f"state leaf {k - 1}")
-            new.append(jnp.asarray(w, like.dtype))
+            new.append(jnp.array(w, like.dtype))   # a copy: later writes to `w` do not leak in
         own = _inner_count(self._state.inner)
         for i, leaf in enumerate(leaves):
             if leaf is own:
-                new[i] = jnp.asarray(int(count), leaf.dtype)
-        self._state = TransformState(jnp.asarray(int(count), jnp.int32),
+                new[i] = jnp.asarray(count, leaf.dtype)
+        self._state = TransformState(jnp.asarray(count, jnp.int32),
                                      jax.tree.unflatten(treedef, new))
         self._iterations = jnp.copy(self._state.count)
 
