@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 import warnings
 from typing import Any
 
@@ -27,6 +26,7 @@ from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.learning_rate import as_learning_rate
 from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
+from kopt.interop.flax import nnx_gradient_hint
 from kopt.stateful import multihost
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.optimizer_variable import OptimizerVariable
@@ -117,12 +117,6 @@ def _check_loss(loss) -> None:
         raise TypeError(
             "minimize(): loss_fn must return a floating-point scalar. Received shape "
             f"{np.shape(loss)}, dtype {dtype}.")
-
-
-def _is_nnx_state(x) -> bool:
-    flax_nnx = sys.modules.get("flax.nnx")
-    state_cls = getattr(flax_nnx, "State", None)
-    return state_cls is not None and isinstance(x, state_cls)
 
 
 def _host_array(w, what: str, like=None) -> np.ndarray:
@@ -515,10 +509,11 @@ class Optimizer:
                 "(jit, grad, vmap...). Use kopt.functional (opt.transform) or "
                 "opt.stateless_apply(state, grads, values) inside jitted code."
             )
-        if _is_nnx_state(grads):
-            raise TypeError(
-                "apply() received an nnx.State as the gradients. Pass a flat list aligned "
-                "with the variables: opt.apply(jax.tree.leaves(grads), variables).")
+        hint = nnx_gradient_hint(grads)
+        grads = list(grads)
+        hint = hint or nnx_gradient_hint(grads)
+        if hint:
+            raise TypeError(f"apply() received nnx.State gradients. {hint}")
         if variables is None:
             if not self.built:
                 raise ValueError("apply(grads) without variables needs a built optimizer.")
