@@ -80,7 +80,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from kopt.functional.base import Transform, apply_updates, wider_dtype
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, plan, state_dtype_for
+from kopt.functional.buckets import (
+    DEFAULT_BUCKET_THRESHOLD,
+    OWN,
+    Packed,
+    Stub,
+    plan,
+    state_dtype_for,
+)
 from kopt.functional.clipping import clip_leaves, validate_clip_options
 from kopt.functional.learning_rate import as_learning_rate
 from kopt.functional.quantize import (
@@ -231,7 +238,10 @@ def elementwise_transform(
                           for i, p in enumerate(p_leaves)]
                 if state_dtype is not None:
                     arrays = [a.astype(slot_layout.dtypes[i]) for i, a in enumerate(arrays)]
-                slots[name] = Packed([], arrays, slot_layout)
+                # A zero-size entry (Muon's empty `v`) is a Stub: orbax cannot save it.
+                entries = [Stub(tuple(a.shape), a.dtype.name, False) if a.size == 0 else a
+                           for a in arrays]
+                slots[name] = Packed(None, slot_layout.treedef.unflatten(entries))
         elif rule.slots:
             for name in rule.slots:
                 slots[name] = Packed.full(slot_layout, rule.fill.get(name, 0.0), like=params,
@@ -425,6 +435,7 @@ def elementwise_transform(
             old = {name: getattr(state, name) for name in rule.slots}
             new_buckets = {name: list(old[name].buckets) for name in rule.slots}
             new_large = {name: list(old[name].leaves) for name in rule.slots}
+            own = {name: [k == OWN for k, _, _ in old[name].layout.place] for name in rule.slots}
             n_parts = layout.num_leaves + len(layout.buckets)
 
             def keys(part):
@@ -482,7 +493,7 @@ def elementwise_transform(
                 for i in live:
                     _, off, n = layout.place[i]
                     deltas[i] = d_flat[off:off + n].reshape(layout.shapes[i])
-            for i in layout.large():
+            for i in layout.unbucketed():   # own arrays, and empty (zero-size) entries
                 if grads[i] is None:
                     continue
                 dtype = state_dtype_for(layout.dtypes[i])   # compute dtype
@@ -495,8 +506,8 @@ def elementwise_transform(
                 else:
                     g = grads[i].astype(dtype)
                     d, s = run_step(
-                        g, {n: old[n].leaves[i].astype(dtype) for n in rule.slots}, dtype,
-                        param, leaf=i,
+                        g, {n: (old[n].leaves[i] if own[n][i] else old[n].leaf(i)).astype(dtype)
+                            for n in rule.slots}, dtype, param, leaf=i,
                     )
                     s = store(s, i)
                     if from_stored:
@@ -506,8 +517,10 @@ def elementwise_transform(
                 deltas[i] = d
                 for n in rule.slots:
                     new_large[n][i] = s[n]
-            new_slots = {
-                n: Packed(new_buckets[n], new_large[n], layout) for n in rule.slots
+            new_slots = {   # empty entries stay Stubs, whatever the rule returned for them
+                n: Packed.from_parts(old[n].layout, new_buckets[n],
+                                     [x if own[n][i] else None for i, x in enumerate(new_large[n])])
+                for n in rule.slots
             }
 
         if weight_decay:

@@ -290,8 +290,8 @@ def muon(
         return engine(adam, decay_rates(adam, params, treedef)).init(params)
 
     def update_fn(updates, state, params=None):
-        layout = state.v.layout
-        adam = tuple(state.v.leaf(i).shape == layout.shapes[i] for i in range(layout.num_leaves))
-        return engine(adam, decay_rates(adam, params, layout.treedef)).update(updates, state, params)
+        m, v = state.m.layout, state.v.layout   # a Muon leaf's `v` is an empty (0,) Stub
+        adam = tuple(a == b for a, b in zip(v.shapes, m.shapes))
+        return engine(adam, decay_rates(adam, params, m.treedef)).update(updates, state, params)
 
     return Transform(init_fn, update_fn)
