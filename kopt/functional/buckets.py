@@ -255,7 +255,10 @@ def _derive_layout(bucket, tree) -> Layout:
             shape, dtype = e.shape, "int8"
             place.append((OWN, 0, _size(shape)))
         else:
-            shape, dtype = tuple(np.shape(e)), np.dtype(e.dtype).name
+            # Any leaf: arrays, and what a tree map made of them (shardings, specs).
+            shape = tuple(getattr(e, "shape", ()))
+            dtype = getattr(e, "dtype", None)
+            dtype = None if dtype is None else np.dtype(dtype).name
             place.append((OWN, 0, _size(shape)))
         shapes.append(shape)
         dtypes.append(dtype)
