@@ -106,21 +106,46 @@ def state_dtype_for(dtype) -> np.dtype:
     return np.dtype(np.float32)
 
 
-@dataclass(frozen=True)
 class Stub:
     """The entry of a `Packed` slot's tree for a leaf with no array of its own.
 
-    An empty pytree node (no children; `shape`, `dtype` and `bucketed` are its static
-    data). `bucketed`: the leaf's state is its slice of the bucket; otherwise the entry has
-    zero size and reads as `zeros(shape, dtype)`.
+    An empty pytree node: no children, the `Stub` itself is its static data (`shape`,
+    `dtype`, `bucketed`). `bucketed`: the leaf's state is its slice of the bucket;
+    otherwise the entry has zero size and reads as `zeros(shape, dtype)`. Immutable;
+    unflattening returns the same object, so a step's output costs no construction and
+    jit's cache check short-cuts on identity.
     """
 
-    shape: tuple[int, ...]
-    dtype: str
-    bucketed: bool
+    __slots__ = ("shape", "dtype", "bucketed", "_hash")
+
+    def __init__(self, shape, dtype: str, bucketed: bool):
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        object.__setattr__(self, "dtype", str(dtype))
+        object.__setattr__(self, "bucketed", bool(bucketed))
+        object.__setattr__(self, "_hash", hash((self.shape, self.dtype, self.bucketed)))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Stub is immutable.")
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        return (isinstance(other, Stub) and self._hash == other._hash
+                and (self.shape, self.dtype, self.bucketed)
+                == (other.shape, other.dtype, other.bucketed))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self):
+        return Stub, (self.shape, self.dtype, self.bucketed)
+
+    def __repr__(self):
+        where = "in the bucket" if self.bucketed else "empty"
+        return f"Stub(shape={self.shape}, dtype={self.dtype!r}, {where})"
 
 
-jax.tree_util.register_dataclass(Stub, data_fields=[], meta_fields=["shape", "dtype", "bucketed"])
+jax.tree_util.register_pytree_node(Stub, lambda s: ((), s), lambda s, _: s)
 
 
 def _is_entry(x) -> bool:
