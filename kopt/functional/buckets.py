@@ -24,7 +24,9 @@ So the state's structure depends only on the transform's options and on what the
 tree itself fixes (its containers, and each small leaf's shape, kept in its `Stub`): an
 eager `init`, a jitted one and `jax.eval_shape(tx.init, params)` give the same structure,
 an orbax checkpoint restores into any of them, and `optax.tree.map_params` maps `fn` over
-the `tree` child (params-shaped), leaving the bucket to `transform_non_params`. The
+the `tree` child (params-shaped), leaving the bucket to `transform_non_params` (with extra params-shaped trees, as for partition
+specs, pass `is_leaf=lambda x: isinstance(x, Stub)` when bucketing is on: `fn` then
+sees each bucketed entry's `Stub`). The
 `Layout` (offsets, shapes, dtypes) is a pure function of that structure and the arrays'
 shapes (`Packed.layout`), derived where it is needed: at trace time of a step, not per
 call. Users never see buckets: updates are pytrees like params, and `Packed.to_tree()` /
@@ -299,12 +301,19 @@ class Packed:
     `Stub`). No aux data; `layout` is derived from the children when first read.
     """
 
-    __slots__ = ("bucket", "tree", "_layout")
+    __slots__ = ("bucket", "tree", "_layout", "_entries")
 
     def __init__(self, bucket, tree, layout: Layout | None = None):
         self.bucket = bucket
         self.tree = tree
         self._layout = layout
+        self._entries = None
+
+    def _flat(self) -> list:
+        """The tree's entries in leaf order (arrays, `Quantized`s and `Stub`s), cached."""
+        if self._entries is None:
+            self._entries = jax.tree.leaves(self.tree, is_leaf=_is_entry)
+        return self._entries
 
     @property
     def layout(self) -> Layout:
@@ -320,8 +329,7 @@ class Packed:
     @property
     def leaves(self) -> tuple:
         """Per param leaf: its own array or `Quantized`, or None (in the bucket, or empty)."""
-        entries = jax.tree.leaves(self.tree, is_leaf=_is_entry)
-        return tuple(None if isinstance(e, Stub) else e for e in entries)
+        return tuple(None if isinstance(e, Stub) else e for e in self._flat())
 
     @classmethod
     def from_parts(cls, layout: Layout, buckets, leaves) -> Packed:
@@ -389,11 +397,11 @@ class Packed:
             return self.bucket[off:off + size].reshape(layout.shapes[i])
         if kind == EMPTY:
             return jnp.zeros(layout.shapes[i], layout.dtypes[i])
-        return jax.tree.leaves(self.tree, is_leaf=_is_entry)[i]
+        return self._flat()[i]
 
     def to_leaves(self) -> list[jax.Array]:
         layout = self.layout
-        entries = jax.tree.leaves(self.tree, is_leaf=_is_entry)
+        entries = self._flat()
         return [self.leaf(i) if layout.place[i][0] != OWN else entries[i]
                 for i in range(layout.num_leaves)]
 

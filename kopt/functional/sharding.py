@@ -19,10 +19,11 @@ state is *created*, and where it should be laid out unlike the params:
   mapped axis, for steps written per device with `jax.shard_map` (or `jax.pmap`).
 
 Bucketing (`bucket_threshold`, see `kopt.functional.buckets`) packs small leaves into one
-replicated flat buffer. A leaf known to be split across devices is left out of buckets,
-but under jit on a mesh with `Auto` axes that is not known, and a small split leaf may be
-packed (correct, but the step then gathers it): init eagerly, or set
-`bucket_threshold=0`, to keep every leaf's state sharded like it.
+replicated flat buffer. A leaf whose type says it is split across devices (a mesh with
+`Explicit` axes) is left out of the bucket. On a mesh with `Auto` axes the type does not
+say, and a small split leaf is packed, by an eager and a jitted `init` alike, so that
+both give one state structure (correct, but the step then gathers it): use `Explicit`
+axes, or set `bucket_threshold=0`, to keep every leaf's state sharded like it.
 """
 
 from __future__ import annotations
