@@ -68,6 +68,9 @@ def _optax_adam():
 ORBAX_CASES = {
     # Buckets of small leaves, EMA, None fields: every kind of node in kopt's state.
     "kopt_adam_buckets_ema": lambda: kopt.optimizers.Adam(0.05, bucket_threshold=64, use_ema=True),
+    # Defaults on CPU (no buckets), and Muon's empty second moments (issue 14, item 1).
+    "kopt_adam_defaults": lambda: kopt.optimizers.Adam(0.05),
+    "kopt_muon_defaults": lambda: kopt.optimizers.Muon(0.05),
     "optax_chain": _optax_adam,
 }
 
