@@ -139,7 +139,7 @@ def test_map_params_with_specs_gives_a_state_shaped_tree_of_them(threshold):
     tx = kf.adamw(0.1, bucket_threshold=threshold)
     params = _params()
     state = tx.init(params)
-    specs = {"w": P("model", None), "b": P(), "s": P()}
+    specs = {"w": P(None, "model"), "b": P(), "s": P()}
     if threshold:   # the bucketed entries are Stubs: let `fn` see them as leaves
         got = optax.tree.map_params(tx, lambda x, s: s, state, specs,
                                     transform_non_params=lambda _: P(),
@@ -150,6 +150,16 @@ def test_map_params_with_specs_gives_a_state_shaped_tree_of_them(threshold):
     assert got.m.tree == specs and got.v.tree == specs
     assert got.count == P() and got.learning_rate == P()
     assert (got.m.bucket is None) == (threshold == 0)
+    # ... which place a jitted init's output.
+    mesh = jax.make_mesh((2,), ("model",), devices=jax.devices()[:2])
+    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), got,
+                             is_leaf=lambda x: isinstance(x, P))
+    placed = jax.jit(tx.init, out_shardings=shardings)(params)
+    assert jax.tree.structure(placed) == jax.tree.structure(state)
+    if threshold:
+        assert placed.m.bucket.sharding.is_fully_replicated
+    else:
+        assert placed.m.tree["w"].sharding.spec == P(None, "model")
 
 
 @pytest.mark.parametrize("case", sorted(c for c in CASES if not c.endswith("defaults")))
