@@ -127,8 +127,10 @@ class Rule(NamedTuple):
     With `per_leaf`, no leaf is bucketed. `init(name, param, i) -> array` then makes the
     initial array of slot `name` for param leaf `i` (its shape is the rule's choice);
     without it each slot is `fill`, shaped like the param. With `leaf_info`, `step` also
-    receives the keywords `leaf` (the flat leaf index) and `layout` (the state `Layout`,
-    whose `treedef` and `shapes` describe the whole param tree).
+    receives the keywords `leaf` (the flat leaf index) and `layout` (the `Layout` of the
+    first slot: its `treedef` is the params', its `shapes` the first slot's entries'). An
+    `init` array of zero size is kept as an empty `Stub` (orbax saves no empty array):
+    `step` sees it as zeros of that shape, and its new value is dropped.
 
     `nonnegative` names the slots that never go below zero (second moments,
     accumulators); int8 state stores them with the unsigned map, which has twice the
