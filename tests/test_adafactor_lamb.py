@@ -385,3 +385,67 @@ def test_update_needs_params_and_unknown_arguments_are_errors(cls_name):
         CLASSES[cls_name](lr=0.1)
     with pytest.raises(TypeError):
         FUNCTIONS[cls_name](0.1, foo=1)
+
+
+# --------------------------------------------------------------------------------------
+# A zero row meeting a zero column (issue 13, item 16).
+
+
+def _zero_cross_data():
+    rng = np.random.default_rng(3)
+    params = rng.normal(size=(4, 5)).astype(np.float32)
+    grads = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(3)]
+    for g in grads:
+        g[1, :] = 0.0   # an all-zero row ...
+        g[:, 2] = 0.0   # ... and an all-zero column
+    return params, grads
+
+
+def test_adafactor_stays_finite_where_a_zero_row_meets_a_zero_column():
+    keras = pytest.importorskip("keras")
+    params, grads = _zero_cross_data()
+
+    # Keras 3 gives NaN from the first step: its factored v underflows to 0 at (1, 2).
+    variable = keras.Variable(params)
+    keras.optimizers.Adafactor(learning_rate=0.01).apply_gradients([(grads[0], variable)])
+    assert np.isnan(np.asarray(variable.value)).any()
+
+    tx = adafactor(0.01)
+    step = jax.jit(tx.update)
+    p, state = jnp.asarray(params), tx.init(jnp.asarray(params))
+    deltas = []
+    for g in grads:
+        d, state = step(jnp.asarray(g), state, p)
+        p = p + d
+        deltas.append(np.asarray(d))
+        assert np.isfinite(np.asarray(p)).all()
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+    # Zero gradients give zero steps, in the zero row and column alike.
+    for d in deltas:
+        assert not d[1, :].any() and not d[:, 2].any()
+
+    # Step 1 in float64: beta_hat = 0, so R and C are the means of g^2 + epsilon_1, and
+    # the step is g * (R / mean R)^-1/2 * C^-1/2, clipped, times max(eps_2, RMS(p)) * lr.
+    g = grads[0].astype(np.float64)
+    sq = g**2 + 1e-30
+    r, c = sq.mean(axis=1), sq.mean(axis=0)
+    u = g * ((r / r.mean()) ** -0.5)[:, None] * (c**-0.5)[None, :]
+    u = u / max(1.0, np.sqrt(np.mean(u**2)) / 1.0)
+    expected = -max(1e-3, np.sqrt(np.mean(params.astype(np.float64) ** 2))) * 0.01 * u
+    np.testing.assert_allclose(deltas[0], expected, rtol=2e-6, atol=1e-12)
+
+
+def test_adafactor_is_keras_exactly_where_keras_is_finite():
+    """The guard changes nothing away from the underflow: one zero row alone (no zero
+    column) keeps v > 0, and kopt's step equals Keras's to float32 rounding there."""
+    keras = pytest.importorskip("keras")
+    params, grads = _zero_cross_data()
+    g = grads[0].copy()
+    g[:, 2] = 1.0   # the zero column filled: Keras stays finite
+    variable = keras.Variable(params)
+    keras.optimizers.Adafactor(learning_rate=0.01).apply_gradients([(g, variable)])
+    keras_value = np.asarray(variable.value)
+    assert np.isfinite(keras_value).all()
+    tx = adafactor(0.01)
+    d, _ = jax.jit(tx.update)(jnp.asarray(g), tx.init(jnp.asarray(params)), jnp.asarray(params))
+    np.testing.assert_allclose(np.asarray(params + d), keras_value, rtol=1e-6, atol=1e-7)

@@ -68,6 +68,9 @@ def _optax_adam():
 ORBAX_CASES = {
     # Buckets of small leaves, EMA, None fields: every kind of node in kopt's state.
     "kopt_adam_buckets_ema": lambda: kopt.optimizers.Adam(0.05, bucket_threshold=64, use_ema=True),
+    # Defaults on CPU (no buckets), and Muon's empty second moments (issue 14, item 1).
+    "kopt_adam_defaults": lambda: kopt.optimizers.Adam(0.05),
+    "kopt_muon_defaults": lambda: kopt.optimizers.Muon(0.05),
     "optax_chain": _optax_adam,
 }
 
@@ -342,3 +345,77 @@ def test_set_weights_accepts_legacy_tf_keras_weights(name, legacy_layout):
         assert gap < 1e-5
     else:   # the state loads, but the next steps follow Keras 3's formula
         assert gap > 1e-3, gap
+
+
+# --------------------------------------------------------------------------------------
+# orbax through flax's nnx.Optimizer (issue 14, item 1)
+
+
+NNX_CASES = {
+    "adam_defaults": lambda: kopt.functional.adam(0.05),   # no buckets on CPU
+    "adam_buckets_ema": lambda: kopt.functional.adam(0.05, bucket_threshold=16, use_ema=True),
+    "muon": lambda: kopt.functional.muon(0.05),   # empty second moments on the Muon branch
+    "adamw_int8": lambda: kopt.functional.adamw(0.05, state_dtype="int8", min_quantized_size=16,
+                                                bucket_threshold=8),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NNX_CASES))
+def test_orbax_round_trip_through_nnx_optimizer_resumes_bit_for_bit(case, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    nnx = pytest.importorskip("flax.nnx")
+    import kopt.interop.flax as kopt_flax
+
+    class Net(nnx.Module):
+        def __init__(self, seed):
+            rng = np.random.default_rng(seed)
+            self.hidden = nnx.Linear(4, 8, rngs=nnx.Rngs(0))
+            self.out = nnx.Linear(8, 2, rngs=nnx.Rngs(0))
+            for layer in (self.hidden, self.out):   # values from NumPy, per seed
+                layer.kernel.set_value(jnp.asarray(
+                    rng.standard_normal(layer.kernel.get_value().shape), jnp.float32))
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.hidden(x)))
+
+    rng = np.random.default_rng(5)
+    batches = [(jnp.asarray(rng.standard_normal((6, 4)), jnp.float32),
+                jnp.asarray(rng.standard_normal((6, 2)), jnp.float32)) for _ in range(5)]
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads)
+
+    def make(seed):
+        model = Net(seed)
+        return model, nnx.Optimizer(model, kopt_flax.transform(NNX_CASES[case]()), wrt=nnx.Param)
+
+    with jax.numpy_rank_promotion("allow"):   # nnx.Linear broadcasts its bias
+        model, optimizer = make(0)
+        for x, y in batches[:2]:
+            train_step(model, optimizer, x, y)
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp_path / "ckpt", {"model": nnx.state(model),
+                                              "optimizer": nnx.state(optimizer)})
+        checkpointer.wait_until_finished()
+        for x, y in batches[2:]:   # the uninterrupted run
+            train_step(model, optimizer, x, y)
+
+        # A fresh process: another model and optimizer, restored from the checkpoint.
+        resumed_model, resumed_optimizer = make(1)
+        target = {"model": nnx.state(resumed_model), "optimizer": nnx.state(resumed_optimizer)}
+        restored = checkpointer.restore(
+            tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+        checkpointer.close()
+        nnx.update(resumed_model, restored["model"])
+        nnx.update(resumed_optimizer, restored["optimizer"])
+        for x, y in batches[2:]:
+            train_step(resumed_model, resumed_optimizer, x, y)
+
+    for ours, theirs in ((resumed_model, model), (resumed_optimizer, optimizer)):
+        a, b = nnx.state(ours), nnx.state(theirs)
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert int(resumed_optimizer.step.get_value()) == 5

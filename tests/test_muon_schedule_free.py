@@ -424,6 +424,8 @@ BAD = [
     (muon, dict(momentum=1.5), r"`momentum`.*momentum=1.5"),
     (muon, dict(ns_steps=-1), r"`ns_steps`.*ns_steps=-1"),
     (muon, dict(ns_steps=2.5), r"`ns_steps`.*ns_steps=2.5"),
+    (muon, dict(ns_steps=101), r"`ns_steps` must be an integer in \[0, 100\].*ns_steps=101"),
+    (muon, dict(ns_steps=10**9), r"`ns_steps`.*ns_steps=1000000000"),
     (muon, dict(exclude_layers="dense"), r"`exclude_layers` must be a list"),
     (muon, dict(exclude_layers=["("]), r"valid regular expressions.*'\('"),
     (muon, dict(adam_beta_1=2.0), r"`adam_beta_1`.*adam_beta_1=2.0"),
@@ -464,3 +466,44 @@ def test_unknown_arguments_raise():
             cls(lr=0.1)
     with pytest.raises(TypeError):
         muon(bogus=1)
+
+
+# --------------------------------------------------------------------------------------
+# exclude_layers on flax.nnx params (issue 13, item 17), ns_steps bound (issue 14, item 4)
+
+
+def test_ns_steps_up_to_100_is_accepted():
+    params = {"w": jnp.ones((3, 2))}
+    tx = muon(0.1, ns_steps=100)
+    updates, _ = tx.update({"w": jnp.ones((3, 2))}, tx.init(params), params)
+    assert np.isfinite(np.asarray(updates["w"])).all()
+
+
+def test_exclude_layers_match_the_same_params_from_nnx_split_and_nnx_optimizer():
+    nnx = pytest.importorskip("flax.nnx")
+    import kopt.interop.flax as kopt_flax
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(4, 8, rngs=rngs)
+            self.out = nnx.Linear(8, 2, rngs=rngs)
+
+    model = Net(nnx.Rngs(0))
+    exclude = ["^out/kernel$"]   # anchored: "out/kernel/value" would not match
+    _, split_params, _ = nnx.split(model, nnx.Param, ...)
+    pure = nnx.as_pure(nnx.state(model, nnx.Param))
+    expected = {"hidden": {"bias": "adamw", "kernel": "muon"},
+                "out": {"bias": "adamw", "kernel": "adamw"}}
+    # The helper shows each leaf's branch, the same for both trees.
+    assert kopt.functional.muon_branches(pure, exclude_layers=exclude) == expected
+    from_split = kopt.functional.muon_branches(split_params, exclude_layers=exclude)
+    assert [b for b in jax.tree.leaves(from_split)] == jax.tree.leaves(expected)
+
+    def muon_leaves(state):   # the leaves whose `v` is empty: the Muon branch
+        return [v.shape == (0,) for v in state.v.to_leaves()]
+
+    tx = muon(0.01, exclude_layers=exclude)
+    optimizer = nnx.Optimizer(model, kopt_flax.transform(tx), wrt=nnx.Param)
+    through_optimizer = muon_leaves(nnx.as_pure(optimizer.opt_state))
+    assert muon_leaves(tx.init(split_params)) == through_optimizer
+    assert through_optimizer == [b == "muon" for b in jax.tree.leaves(expected)]

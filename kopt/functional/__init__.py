@@ -31,7 +31,7 @@ from kopt.functional.ftrl import FtrlState, ftrl
 from kopt.functional.lamb import LambState, lamb
 from kopt.functional.lars import LARSState, lars
 from kopt.functional.lion import LionState, lion
-from kopt.functional.muon import MuonState, muon
+from kopt.functional.muon import MuonState, muon, muon_branches
 from kopt.functional.nadam import NadamState, nadam
 from kopt.functional.nonfinite import (
     LossScaleState,
@@ -123,6 +123,7 @@ __all__ = [
     "LARSState",
     "muon",
     "MuonState",
+    "muon_branches",
     "schedule_free_adamw",
     "ScheduleFreeAdamWState",
     "schedule_free_eval_params",

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
@@ -87,6 +88,15 @@ def adafactor(
     a 0-d placeholder for `R` and `C`. Like Keras, the state also holds `V` for factored
     tensors, although it is rebuilt from `R` and `C` every step.
 
+    **Deviation from Keras, for finiteness.** Where a gradient matrix has an all-zero row
+    and an all-zero column, the factored :math:`V` underflows to 0 at their crossing
+    (:math:`\epsilon_1^2 = 10^{-60}`), and Keras's :math:`g/\sqrt{V}` is 0/0: NaN from the
+    first step, which the RMS clipping spreads to the whole tensor. kopt computes those
+    elements (only those: wherever :math:`V > 0` it is Keras's expression) as
+    :math:`g \cdot (R/\operatorname{mean} R)^{-1/2}\, C^{-1/2}`, as optax's factored
+    Adafactor does everywhere, and a zero gradient there gives a zero step. The update
+    stays finite; wherever Keras's is finite, kopt's equals it.
+
     `relative_step`: Keras 3 caps the step size at :math:`1/\sqrt{t}` whatever the flag
     says (it takes the minimum once under `relative_step` with a constant rate, and again
     unconditionally), so the flag does not change the numbers, here as in Keras; it is
@@ -144,10 +154,16 @@ def adafactor(
             c = beta * s["c"] + (1 - beta) * jnp.mean(g2, axis=-2)
             row = r / jnp.mean(r, axis=-1, keepdims=True)
             v = row[..., :, None] * c[..., None, :]
+            # Keras's g / sqrt(v), except where the product v underflowed to 0 (a zero row
+            # meets a zero column: 1e-30 * 1e-30): there the factors' inverse roots are
+            # multiplied instead, which stays finite, and a zero gradient gives 0.
+            inv = lax.rsqrt(row)[..., :, None] * lax.rsqrt(c)[..., None, :]
+            fallback = jnp.where(g == 0, jnp.zeros_like(g), g * inv)
+            u = jnp.where(v > 0, g / jnp.sqrt(jnp.where(v > 0, v, 1)), fallback)
         else:
             r, c = s["r"], s["c"]
             v = beta * s["v"] + (1 - beta) * g2
-        u = g / jnp.sqrt(v)
+            u = g / jnp.sqrt(v)
         u = u / jnp.maximum(1, _rms(u) / clip_threshold)
         return -alpha * u, {"r": r, "c": c, "v": v}
 

@@ -80,7 +80,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from kopt.functional.base import Transform, apply_updates, wider_dtype
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, plan, state_dtype_for
+from kopt.functional.buckets import (
+    DEFAULT_BUCKET_THRESHOLD,
+    OWN,
+    Packed,
+    Stub,
+    plan,
+    state_dtype_for,
+)
 from kopt.functional.clipping import clip_leaves, validate_clip_options
 from kopt.functional.learning_rate import as_learning_rate
 from kopt.functional.quantize import (
@@ -120,8 +127,10 @@ class Rule(NamedTuple):
     With `per_leaf`, no leaf is bucketed. `init(name, param, i) -> array` then makes the
     initial array of slot `name` for param leaf `i` (its shape is the rule's choice);
     without it each slot is `fill`, shaped like the param. With `leaf_info`, `step` also
-    receives the keywords `leaf` (the flat leaf index) and `layout` (the state `Layout`,
-    whose `treedef` and `shapes` describe the whole param tree).
+    receives the keywords `leaf` (the flat leaf index) and `layout` (the `Layout` of the
+    first slot: its `treedef` is the params', its `shapes` the first slot's entries'). An
+    `init` array of zero size is kept as an empty `Stub` (orbax saves no empty array):
+    `step` sees it as zeros of that shape, and its new value is dropped.
 
     `nonnegative` names the slots that never go below zero (second moments,
     accumulators); int8 state stores them with the unsigned map, which has twice the
@@ -231,7 +240,10 @@ def elementwise_transform(
                           for i, p in enumerate(p_leaves)]
                 if state_dtype is not None:
                     arrays = [a.astype(slot_layout.dtypes[i]) for i, a in enumerate(arrays)]
-                slots[name] = Packed([], arrays, slot_layout)
+                # A zero-size entry (Muon's empty `v`) is a Stub: orbax cannot save it.
+                entries = [Stub(tuple(a.shape), a.dtype.name, False) if a.size == 0 else a
+                           for a in arrays]
+                slots[name] = Packed(None, slot_layout.treedef.unflatten(entries))
         elif rule.slots:
             for name in rule.slots:
                 slots[name] = Packed.full(slot_layout, rule.fill.get(name, 0.0), like=params,
@@ -425,6 +437,7 @@ def elementwise_transform(
             old = {name: getattr(state, name) for name in rule.slots}
             new_buckets = {name: list(old[name].buckets) for name in rule.slots}
             new_large = {name: list(old[name].leaves) for name in rule.slots}
+            own = {name: [k == OWN for k, _, _ in old[name].layout.place] for name in rule.slots}
             n_parts = layout.num_leaves + len(layout.buckets)
 
             def keys(part):
@@ -482,7 +495,7 @@ def elementwise_transform(
                 for i in live:
                     _, off, n = layout.place[i]
                     deltas[i] = d_flat[off:off + n].reshape(layout.shapes[i])
-            for i in layout.large():
+            for i in layout.unbucketed():   # own arrays, and empty (zero-size) entries
                 if grads[i] is None:
                     continue
                 dtype = state_dtype_for(layout.dtypes[i])   # compute dtype
@@ -495,8 +508,8 @@ def elementwise_transform(
                 else:
                     g = grads[i].astype(dtype)
                     d, s = run_step(
-                        g, {n: old[n].leaves[i].astype(dtype) for n in rule.slots}, dtype,
-                        param, leaf=i,
+                        g, {n: (old[n].leaves[i] if own[n][i] else old[n].leaf(i)).astype(dtype)
+                            for n in rule.slots}, dtype, param, leaf=i,
                     )
                     s = store(s, i)
                     if from_stored:
@@ -506,8 +519,10 @@ def elementwise_transform(
                 deltas[i] = d
                 for n in rule.slots:
                     new_large[n][i] = s[n]
-            new_slots = {
-                n: Packed(new_buckets[n], new_large[n], layout) for n in rule.slots
+            new_slots = {   # empty entries stay Stubs, whatever the rule returned for them
+                n: Packed.from_parts(old[n].layout, new_buckets[n],
+                                     [x if own[n][i] else None for i, x in enumerate(new_large[n])])
+                for n in rule.slots
             }
 
         if weight_decay:

@@ -17,7 +17,12 @@ from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
 
-__all__ = ["muon", "MuonState", "orthogonalize", "use_adamw"]
+__all__ = ["muon", "MuonState", "orthogonalize", "use_adamw", "muon_branches", "param_path",
+           "MAX_NS_STEPS"]
+
+MAX_NS_STEPS = 100
+"""The largest `ns_steps` accepted: each iteration is two matrix products per Muon matrix,
+so the work a config can ask for is bounded."""
 
 
 class MuonState(NamedTuple):
@@ -39,6 +44,60 @@ def use_adamw(path: str, ndim: int, exclude_layers=None, exclude_embeddings: boo
     if exclude_embeddings and "embedding" in path.lower():
         return True
     return any(re.search(pattern, path) for pattern in exclude_layers or ())
+
+
+def param_path(path) -> str:
+    """The path Muon matches `exclude_layers` against: the keys of `path` (a JAX key path)
+    joined by "/", without a final `.value` attribute, which is how an `nnx.Variable`
+    holds its array. So params from `nnx.split` (`"dense/kernel/value"` as JAX sees them),
+    from `nnx.state` under `nnx.Optimizer` and plain dicts all give `"dense/kernel"`."""
+    path = tuple(path)
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _branch_flags(params, exclude_layers, exclude_embeddings, adam_mask):
+    """`(adam flag per leaf, treedef)`: True where the leaf takes the AdamW branch."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    marked = (False,) * len(with_paths)
+    if adam_mask is not None:
+        mask = adam_mask(params) if callable(adam_mask) else adam_mask
+        try:
+            marked = tuple(bool(x) for x in treedef.flatten_up_to(mask))
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"adam_mask must have the structure of params ({treedef}). "
+                f"Received: {mask!r}") from e
+    adam = tuple(
+        marked[i] or use_adamw(param_path(path), jnp.ndim(p), exclude_layers, exclude_embeddings)
+        for i, (path, p) in enumerate(with_paths)
+    )
+    return adam, treedef
+
+
+def muon_branches(params, exclude_layers: list[str] | None = None,
+                  exclude_embeddings: bool = True, adam_mask: Any = None):
+    """The branch each param leaf takes in `muon(...)` with these arguments: a pytree like
+    `params` of "muon" and "adamw".
+
+    Use it to check `exclude_layers` before training: the paths are those of
+    `param_path` (keys joined by "/", an `nnx.Variable`'s `.value` dropped), so the answer
+    is the same for `nnx.split` params, `nnx.state(model, nnx.Param)` and plain dicts.
+
+    Example:
+      >>> import jax.numpy as jnp, kopt
+      >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)},
+      ...           "head": {"kernel": jnp.ones((3, 2))}}
+      >>> kopt.functional.muon_branches(params, exclude_layers=["head"])
+      {'dense': {'bias': 'adamw', 'kernel': 'muon'}, 'head': {'kernel': 'adamw'}}
+    """
+    _check_exclude_layers(exclude_layers)
+    if not isinstance(exclude_embeddings, bool):
+        raise ValueError("`exclude_embeddings` must be a bool. Received: "
+                         f"exclude_embeddings={exclude_embeddings!r}")
+    adam, treedef = _branch_flags(params, exclude_layers, exclude_embeddings, adam_mask)
+    return treedef.unflatten(["adamw" if a else "muon" for a in adam])
 
 
 def orthogonalize(x: jax.Array, steps: int, a: float, b: float, c: float) -> jax.Array:
@@ -120,7 +179,9 @@ def muon(
     - **AdamW** if it is not 2-D, or (with `exclude_embeddings`) its tree path contains
       "embedding" (any case), or its path matches a regex of `exclude_layers`
       (`re.search`), or `adam_mask` marks it. Paths are the keys joined by "/", e.g.
-      `params["dense"]["kernel"]` is `"dense/kernel"`.
+      `params["dense"]["kernel"]` is `"dense/kernel"`, without the final `.value` of an
+      `nnx.Variable` (see `param_path`), so `nnx.split` params and `nnx.Optimizer` match
+      alike. `muon_branches(params, ...)` shows the branch of every leaf.
     - **Muon** otherwise.
 
     With step :math:`t = \text{count} + 1`, learning rate :math:`\eta`, momentum
@@ -144,7 +205,8 @@ def muon(
     Gradients are clipped before all of this, as for every kopt optimizer.
 
     The state keeps `m` for every leaf and `v` for the AdamW leaves; a Muon leaf's `v` is
-    an empty placeholder of shape (0,), which is how `update` knows its branch.
+    an empty `Stub` of shape (0,) (no array: orbax cannot save empty ones; `v.leaf(i)`
+    reads it as zeros), which is how `update` knows its branch.
 
     Args:
       learning_rate: float, schedule or callable `step -> lr`. Default 0.001.
@@ -161,7 +223,7 @@ def muon(
       adam_lr_ratio: the AdamW branch's learning rate is `adam_lr_ratio * learning_rate`.
         Default 1.
       momentum: the Muon branch's momentum :math:`\mu`, in [0, 1]. Default 0.95.
-      ns_steps: Newton–Schulz iterations, an int >= 0. Default 5.
+      ns_steps: Newton–Schulz iterations, an int in [0, 100]. Default 5.
       nesterov: Nesterov-style momentum on the Muon branch. Default True.
       rms_rate: the Moonlight update scale (Liu et al., 2025), or None for no scaling.
         Default 0.2.
@@ -207,8 +269,10 @@ def muon(
         _check_number(name, value)
     if rms_rate is not None:
         check_nonnegative("rms_rate", rms_rate)
-    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 0:
-        raise ValueError(f"`ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}")
+    if (isinstance(ns_steps, bool) or not isinstance(ns_steps, int)
+            or not 0 <= ns_steps <= MAX_NS_STEPS):
+        raise ValueError(f"`ns_steps` must be an integer in [0, {MAX_NS_STEPS}] (each step is "
+                         f"two matrix products per matrix). Received: ns_steps={ns_steps!r}")
     _check_exclude_layers(exclude_layers)
     if not isinstance(exclude_embeddings, bool):
         raise ValueError("`exclude_embeddings` must be a bool. Received: "
@@ -272,26 +336,12 @@ def muon(
                      for a, u in zip(adam, use))
 
     def init_fn(params):
-        with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-        marked = (False,) * len(with_paths)
-        if adam_mask is not None:
-            mask = adam_mask(params) if callable(adam_mask) else adam_mask
-            try:
-                marked = tuple(bool(x) for x in treedef.flatten_up_to(mask))
-            except (ValueError, TypeError) as e:
-                raise ValueError(
-                    f"adam_mask must have the structure of params ({treedef}). "
-                    f"Received: {mask!r}") from e
-        adam = tuple(
-            marked[i] or use_adamw(jax.tree_util.keystr(path, simple=True, separator="/"),
-                                   jnp.ndim(p), exclude_layers, exclude_embeddings)
-            for i, (path, p) in enumerate(with_paths)
-        )
+        adam, treedef = _branch_flags(params, exclude_layers, exclude_embeddings, adam_mask)
         return engine(adam, decay_rates(adam, params, treedef)).init(params)
 
     def update_fn(updates, state, params=None):
-        layout = state.v.layout
-        adam = tuple(state.v.leaf(i).shape == layout.shapes[i] for i in range(layout.num_leaves))
-        return engine(adam, decay_rates(adam, params, layout.treedef)).update(updates, state, params)
+        m, v = state.m.layout, state.v.layout   # a Muon leaf's `v` is an empty (0,) Stub
+        adam = tuple(a == b for a, b in zip(v.shapes, m.shapes))
+        return engine(adam, decay_rates(adam, params, m.treedef)).update(updates, state, params)
 
     return Transform(init_fn, update_fn)

@@ -243,6 +243,8 @@ def partition(transforms: Mapping[Hashable, Transform | str | None],
     def leaf_labels(tree) -> tuple[Any, list]:
         """`(treedef, labels)`: `tree` flattened with `None` leaves kept, one label each."""
         treedef = jax.tree.structure(tree, is_leaf=_is_none)
+        if treedef.num_leaves == 0:   # no leaf to label (optax.tree.map_params's placeholder)
+            return treedef, []
         given = labels(tree) if callable(labels) else labels
         try:   # broadcast a label on a subtree to all the subtree's leaves
             full = jax.tree.map(

@@ -19,10 +19,11 @@ state is *created*, and where it should be laid out unlike the params:
   mapped axis, for steps written per device with `jax.shard_map` (or `jax.pmap`).
 
 Bucketing (`bucket_threshold`, see `kopt.functional.buckets`) packs small leaves into one
-replicated flat buffer. A leaf known to be split across devices is left out of buckets,
-but under jit on a mesh with `Auto` axes that is not known, and a small split leaf may be
-packed (correct, but the step then gathers it): init eagerly, or set
-`bucket_threshold=0`, to keep every leaf's state sharded like it.
+replicated flat buffer. A leaf whose type says it is split across devices (a mesh with
+`Explicit` axes) is left out of the bucket. On a mesh with `Auto` axes the type does not
+say, and a small split leaf is packed, by an eager and a jitted `init` alike, so that
+both give one state structure (correct, but the step then gathers it): use `Explicit`
+axes, or set `bucket_threshold=0`, to keep every leaf's state sharded like it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from jax.sharding import Mesh, NamedSharding, Sharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import Packed
 from kopt.functional.clipping import EmptyState
 
 __all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients"]
@@ -97,29 +97,15 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
                 return getattr(p, "sharding", None) or replicated
         return replicated
 
-    def packed_leaf(path, x):
-        if x is None:
-            return None
-        if isinstance(x, (jax.Array, jax.ShapeDtypeStruct, np.ndarray)):
-            return lookup(path, x.shape)
-        return jax.tree.map(lambda _: replicated, x)   # structured (quantised) state
-
-    def assign(path, node):
-        if not isinstance(node, Packed):
-            return lookup(tuple(path), np.shape(node))
-        index_tree = node.layout.treedef.unflatten(range(node.layout.num_leaves))
-        leaf_paths = [tuple(q) for q, _ in jax.tree_util.tree_flatten_with_path(index_tree)[0]]
-        return Packed(
-            [replicated] * len(node.buckets),
-            [packed_leaf(tuple(path) + leaf_paths[i], x) for i, x in enumerate(node.leaves)],
-            node.layout,
-        )
+    def assign(path, x):
+        return lookup(tuple(path), np.shape(x))
 
     is_transform = isinstance(tx_or_state, Transform) or (
         callable(getattr(tx_or_state, "init", None)) and callable(getattr(tx_or_state, "update", None)))
     state = jax.eval_shape(tx_or_state.init, params) if is_transform else tx_or_state
-    return jax.tree_util.tree_map_with_path(assign, state,
-                                            is_leaf=lambda n: isinstance(n, Packed))
+    # A `Packed` slot's entries sit at the params' key paths under its `tree` child; its
+    # bucket (path `.bucket`) matches no param and is replicated.
+    return jax.tree_util.tree_map_with_path(assign, state)
 
 
 # ------------------------------------------------------------------ ZeRO-1
