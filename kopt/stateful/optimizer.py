@@ -894,7 +894,7 @@ class Optimizer:
                     leaf = self._slot_leaf(getattr(self._state, f), j)
                     if isinstance(leaf, Quantized):
                         entries += [(f, j, "codes"), (f, j, "absmax")]
-                    elif leaf is not None:
+                    elif leaf is not None and leaf.size:   # (Muon's empty `v` is not listed)
                         entries.append((f, j, None))
         entries += [(f, None, None) for f in scalars if f != counter]
         return entries
