@@ -289,7 +289,8 @@ def muon(
         )
         return engine(adam, decay_rates(adam, params, treedef)).init(params)
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args   # accepted and ignored, as optax's GradientTransformationExtraArgs
         layout = state.v.layout
         adam = tuple(state.v.leaf(i).shape == layout.shapes[i] for i in range(layout.num_leaves))
         return engine(adam, decay_rates(adam, params, layout.treedef)).update(updates, state, params)

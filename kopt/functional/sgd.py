@@ -6,11 +6,11 @@ from typing import NamedTuple
 
 import jax
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, by_slot
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_unit_interval
+from kopt.functional.validation import check_unit_interval, maybe_nonzero
 
 __all__ = ["sgd", "SGDState"]
 
@@ -102,21 +102,7 @@ def sgd(
     Reference: `keras.optimizers.SGD` (Keras 3).
     """
     check_unit_interval("momentum", momentum)
-
-    def update(g, new, lr, t):
-        del t
-        v = new["momentum"]
-        return (-g * lr + v * momentum) if nesterov else v
-
-    def step(g, slots, lr, t):
-        if not momentum:
-            return -lr * g, {}
-        new = {"momentum": -g * lr + slots["momentum"] * momentum}
-        return update(g, new, lr, t), new
-
-    rule = Rule(slots=("momentum",) if momentum else (), step=step, update=update)
-    return elementwise_transform(
-        rule, SGDState, learning_rate,
+    common = dict(
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
@@ -124,3 +110,22 @@ def sgd(
         gradient_accumulation_steps=gradient_accumulation_steps,
         state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )
+
+    def build(has_slot):
+        def update(g, new, lr, t):
+            del t
+            v = new["momentum"]
+            return (-g * lr + v * momentum) if nesterov else v
+
+        def step(g, slots, lr, t):
+            if not has_slot:
+                return -lr * g, {}
+            new = {"momentum": -g * lr + slots["momentum"] * momentum}
+            return update(g, new, lr, t), new
+
+        rule = Rule(slots=("momentum",) if has_slot else (), step=step, update=update)
+        return lambda: elementwise_transform(rule, SGDState, learning_rate, **common)
+
+    if isinstance(momentum, jax.Array):   # optax.inject_hyperparams: the state decides
+        return by_slot("momentum", build(True), build(False), maybe_nonzero(momentum))
+    return build(bool(momentum))()
