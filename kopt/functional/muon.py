@@ -196,12 +196,7 @@ def muon(
     check_nonnegative("epsilon", epsilon)
     check_unit_interval("momentum", momentum)
     validate_weight_decay(weight_decay)
-    if adam_weight_decay is not None and (
-        isinstance(adam_weight_decay, bool) or not isinstance(adam_weight_decay, (int, float))
-        or not adam_weight_decay >= 0
-    ):
-        raise ValueError("`adam_weight_decay` must be a float >= 0 or None. Received: "
-                         f"adam_weight_decay={adam_weight_decay!r}")
+    validate_weight_decay(adam_weight_decay, "adam_weight_decay")   # finite, >= 0 or None
     check_nonnegative("adam_lr_ratio", adam_lr_ratio)
     for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
         _check_number(name, value)
