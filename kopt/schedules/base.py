@@ -15,7 +15,10 @@ __all__ = ["LearningRateSchedule", "serialize", "deserialize", "register"]
 
 _REGISTRY: dict[str, type[LearningRateSchedule]] = {}
 
-MAX_NESTING = 64   # schedules nested deeper than this in a config are refused
+# Schedules nested deeper than this in a config are refused. Real configs nest two or
+# three levels; the bound keeps a hostile config from costing work exponential in its
+# depth (a `LinearWarmup` evaluates its inner schedule twice, at 0 and at the step).
+MAX_NESTING = 10
 _depth = threading.local()
 
 
