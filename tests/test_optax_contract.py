@@ -85,6 +85,7 @@ TRANSFORMS = _transforms()
 NOT_TRANSFORMS = {"apply_updates", "iteration_count", "current_learning_rate",
                   "set_learning_rate", "path_labels", "state_shardings",
                   "schedule_free_eval_params", "all_finite", "quantization_map",
+                  "resolve_learning_rate", "learning_rate_source",
                   "aggregate_gradients"}   # aggregate_gradients: its own test below
 
 
@@ -408,3 +409,29 @@ def test_adadelta_keras_defaults_stall_at_lr_0_1_exactly_as_optax():
     theirs, _ = _run(optax.adadelta(0.1), _parabola)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     np.testing.assert_allclose(ours, xf, rtol=3e-2, atol=3e-2)
+
+
+def test_resolve_learning_rate_is_the_shared_helper():
+    """The helper the stateful layer reuses for its constructor and setter."""
+    from kopt.functional.validation import ArgumentTypeError
+
+    for number in (0.1, np.float32(0.1), np.asarray(0.1, np.float32), jnp.asarray(0.1), 1):
+        value, arity = F.resolve_learning_rate(number)
+        assert type(value) is float and arity is None
+        assert value == pytest.approx(0.1 if number != 1 else 1.0, rel=1e-6)
+
+    def zero():
+        return 0.1
+
+    sched = kopt.schedules.Constant(0.1)
+    assert F.resolve_learning_rate(zero) == (zero, 0)
+    assert F.resolve_learning_rate(sched) == (sched, 1)
+    assert F.resolve_learning_rate(optax.constant_schedule(0.1))[1] == 1
+    with pytest.raises(ValueError, match="learning_rate="):
+        F.resolve_learning_rate(lambda a, b: 0.1)
+    for bad in (float("nan"), float("inf"), -0.5, np.float32("nan")):
+        with pytest.raises(ValueError, match="learning_rate="):
+            F.resolve_learning_rate(bad)
+    for bad in ("0.1", None, [0.1], np.ones(2), True):
+        with pytest.raises(ArgumentTypeError, match="should be float"):
+            F.resolve_learning_rate(bad)

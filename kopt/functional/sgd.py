@@ -54,14 +54,26 @@ def sgd(
         \theta \leftarrow \theta + v \quad\text{or, if nesterov,}\quad
         \theta \leftarrow \theta + \mu v - \eta g .
 
+    Every numeric argument may be a Python number, a numpy scalar or 0-d array, or a 0-d
+    jax array (traced under `optax.inject_hyperparams`); concrete values are checked
+    (NaN and, except for the clip options, inf are refused with a ValueError naming the
+    argument).
+
     Args:
-      learning_rate: float, schedule or callable `step -> lr`. Default 0.01.
-      momentum: float in [0, 1]. Default 0.0 (no velocity slot is kept).
+      learning_rate: float, schedule, callable `step -> lr`, or zero-argument callable
+        `() -> lr` (Keras's form); both callables are evaluated, traced, on every update
+        and must return a scalar. A jax array is used as given on every update (how
+        `optax.inject_hyperparams` passes it); see `kopt.functional.learning_rate`.
+        Default 0.01.
+      momentum: float in [0, 1]. Default 0.0 (no velocity slot is kept). Under
+        `optax.inject_hyperparams`, whether the slot exists is decided by the value at
+        `init` (see `kopt.functional.base.by_slot`).
       nesterov: use Nesterov momentum. Default False.
       weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
       weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
         that decay. Default None (all).
       clipnorm, clipvalue, global_clipnorm: Keras's clipping; at most one. Default None.
+        0 and `inf` mean no clipping; NaN is refused.
       bucket_threshold: leaves with at most this many elements share flat state buffers;
         0 turns bucketing off. Default None: automatic, on for GPU/TPU and off for CPU
         (see `kopt.functional.buckets`).

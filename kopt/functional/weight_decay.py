@@ -17,7 +17,7 @@ __all__ = ["add_decayed_weights", "resolve_mask", "validate_weight_decay"]
 def validate_weight_decay(weight_decay, name: str = "weight_decay"):
     """None, or a finite number >= 0 (Python, numpy or jax scalar)."""
     check_number(name, weight_decay, low=0, allow_none=True,
-                 message=f"`{name}` must be a float >= 0 or None.")
+                 message=f"`{name}` must be >= 0.")
 
 
 def resolve_mask(mask, params, treedef):
