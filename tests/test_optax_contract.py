@@ -435,3 +435,31 @@ def test_resolve_learning_rate_is_the_shared_helper():
     for bad in ("0.1", None, [0.1], np.ones(2), True):
         with pytest.raises(ArgumentTypeError, match="should be float"):
             F.resolve_learning_rate(bad)
+
+
+@pytest.mark.parametrize("factory,kwargs,hyper,new", [
+    (F.add_decayed_weights, {"weight_decay": 0.1, "learning_rate": 0.5}, "learning_rate", 0.25),
+    (F.clip_by_norm, {"clipnorm": 0.1}, "clipnorm", 0.05),
+    (F.clip_by_value, {"clipvalue": 0.1}, "clipvalue", 0.05),
+    (F.clip_by_global_norm, {"global_clipnorm": 0.1}, "global_clipnorm", 0.05),
+    (F.unscale_gradients, {"loss_scale_factor": 2.0}, "loss_scale_factor", 4.0),
+    (F.ema, {"ema_momentum": 0.9, "ema_overwrite_frequency": 1}, "ema_momentum", 0.5),
+], ids=["add_decayed_weights", "clip_by_norm", "clip_by_value", "clip_by_global_norm",
+        "unscale_gradients", "ema"])
+def test_inject_hyperparams_on_the_other_factories(factory, kwargs, hyper, new):
+    params, grads = _params(), _grads()
+    tx = optax.inject_hyperparams(factory)(**kwargs)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    u1, s1 = step(grads, state, params)
+    if factory is F.ema:   # the first EMA step copies the params; compare second steps
+        state = s1
+        params = jax.tree.map(lambda x: x + 1.0, params)
+        u1, _ = step(grads, state, params)
+    state.hyperparams[hyper] = jnp.asarray(new, jnp.float32)
+    u2, _ = step(grads, state, params)
+    assert not _close(u1, u2)
+    ref = factory(**{**kwargs, hyper: new})
+    ref_state = ref.init(params) if factory is not F.ema else state.inner_state
+    u_ref, _ = ref.update(grads, ref_state, params)
+    assert _close(u2, u_ref)
