@@ -242,5 +242,5 @@ def test_get_weights_matches_legacy_layout(case, legacy_layout):
     variables = opt.variables
     assert [v.name for v in variables[:2]] == ["iteration", "learning_rate"]
     assert len(variables) == len(weights) + 1 == len(opt.weights)
-    rest = sorted((np.asarray(v).tobytes() for v in variables[2:]))
+    rest = sorted(np.asarray(v).tobytes() for v in variables[2:])
     assert rest == sorted(w.tobytes() for w in weights[1:])

@@ -220,3 +220,28 @@ def test_kopt_state_form_still_works():
     opt.build([w])
     values, state = jax.jit(opt.stateless_apply)(opt.state, [jnp.ones(3)], [w.value])
     assert int(state.count) == 1 and values[0].shape == (3,)
+
+
+def test_zero_argument_callable_learning_rate_in_the_stateful_layer():
+    """Keras's documented form, `SGD(learning_rate=lambda: 0.1)`; a wrong arity is refused
+    at construction, naming `learning_rate`."""
+    opt = kopt.optimizers.SGD(learning_rate=lambda: 0.1)
+    w = kopt.Variable(np.ones(3, np.float32), name="w")
+    opt.apply([jnp.ones(3)], [w])
+    np.testing.assert_allclose(np.asarray(w), np.full(3, 0.9), rtol=1e-6)
+    assert float(opt.learning_rate) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        kopt.optimizers.SGD(learning_rate=lambda step, other: 0.1)
+
+
+def test_array_learning_rate_is_a_settable_number():
+    """`opt.learning_rate` returns a 0-d array; passing one (numpy or jax) back stores a
+    number that the setter can change."""
+    opt = kopt.optimizers.SGD(learning_rate=jnp.asarray(0.1))
+    w = kopt.Variable(np.ones(3, np.float32), name="w")
+    opt.apply([jnp.ones(3)], [w])
+    opt.learning_rate = 0.5
+    opt.apply([jnp.ones(3)], [w])
+    np.testing.assert_allclose(np.asarray(w), np.full(3, 0.4), rtol=1e-6)
+    again = kopt.optimizers.SGD(learning_rate=opt.learning_rate)
+    assert again.get_config()["learning_rate"] == 0.5

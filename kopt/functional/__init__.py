@@ -30,6 +30,7 @@ from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.ftrl import FtrlState, ftrl
 from kopt.functional.lamb import LambState, lamb
 from kopt.functional.lars import LARSState, lars
+from kopt.functional.learning_rate import learning_rate_source, resolve_learning_rate
 from kopt.functional.lion import LionState, lion
 from kopt.functional.muon import MuonState, muon, muon_branches
 from kopt.functional.nadam import NadamState, nadam
@@ -68,6 +69,8 @@ __all__ = [
     "iteration_count",
     "current_learning_rate",
     "set_learning_rate",
+    "resolve_learning_rate",
+    "learning_rate_source",
     "clip_by_norm",
     "clip_by_value",
     "clip_by_global_norm",

@@ -11,7 +11,7 @@ from jax import lax
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.validation import check_nonnegative, check_positive
+from kopt.functional.validation import check_nonnegative, check_number, check_positive
 
 __all__ = ["adafactor", "AdafactorState"]
 
@@ -133,11 +133,8 @@ def adafactor(
     Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
     Cost" (ICML 2018); `keras.optimizers.Adafactor`.
     """
-    if isinstance(beta_2_decay, bool) or not isinstance(beta_2_decay, (int, float)) or not beta_2_decay <= 0:
-        raise ValueError(
-            "`beta_2_decay` must be a number <= 0 (the second-moment decay is 1 - t**beta_2_decay). "
-            f"Received: beta_2_decay={beta_2_decay!r}"
-        )
+    check_number("beta_2_decay", beta_2_decay, high=0, message=(   # arrays: inject_hyperparams
+        "`beta_2_decay` must be a number <= 0 (the second-moment decay is 1 - t**beta_2_decay)."))
     check_nonnegative("epsilon_1", epsilon_1)
     check_nonnegative("epsilon_2", epsilon_2)
     check_positive("clip_threshold", clip_threshold)

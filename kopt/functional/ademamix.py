@@ -12,7 +12,13 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_nonnegative, check_unit_interval
+from kopt.functional.validation import (
+    check_int,
+    check_nonnegative,
+    check_unit_interval,
+    is_traced,
+    maybe_nonzero,
+)
 
 __all__ = ["ademamix", "AdEMAMixState"]
 
@@ -30,8 +36,8 @@ class AdEMAMixState(NamedTuple):
 
 
 def _check_warmup(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"`{name}` must be an integer >= 1 or None. Received: {name}={value!r}")
+    return check_int(name, value, low=1, allow_none=True,
+                     message=f"`{name}` must be an integer >= 1 or None.")
 
 
 def ademamix(
@@ -121,9 +127,12 @@ def ademamix(
     check_unit_interval("beta_3", beta_3)
     check_nonnegative("alpha", alpha)
     check_nonnegative("epsilon", epsilon)
-    _check_warmup("alpha_warmup_steps", alpha_warmup_steps)
-    _check_warmup("beta_3_warmup_steps", beta_3_warmup_steps)
-    if beta_3_warmup_steps is not None and not (0 < beta_3 < 1 and beta_1 < 1):
+    alpha_warmup_steps = _check_warmup("alpha_warmup_steps", alpha_warmup_steps)
+    beta_3_warmup_steps = _check_warmup("beta_3_warmup_steps", beta_3_warmup_steps)
+    traced = is_traced(beta_1) or is_traced(beta_3)
+    if not traced:
+        beta_1, beta_3 = float(beta_1), float(beta_3)
+    if beta_3_warmup_steps is not None and not traced and not (0 < beta_3 < 1 and beta_1 < 1):
         raise ValueError(
             "The beta_3 warmup interpolates 1 / log(beta) from beta_1 to beta_3, so it needs "
             f"0 < beta_3 < 1 and beta_1 < 1. Received: beta_1={beta_1!r}, beta_3={beta_3!r}")
@@ -131,8 +140,13 @@ def ademamix(
     if beta_3_warmup_steps is not None:
         # 1 / ln(beta_3(t)) moves linearly from 1 / ln(beta_1) (0 when beta_1 = 0) to
         # 1 / ln(beta_3); 1 - beta_3(t) = -expm1(ln beta_3(t)) keeps float32 precision.
-        inv_1 = 1.0 / math.log(beta_1) if beta_1 > 0 else 0.0
-        inv_3 = 1.0 / math.log(beta_3)
+        if traced:   # optax.inject_hyperparams under jit
+            tiny = jnp.finfo(jnp.float32).tiny
+            inv_1 = jnp.where(beta_1 > 0, 1.0 / jnp.log(jnp.maximum(beta_1, tiny)), 0.0)
+            inv_3 = 1.0 / jnp.log(beta_3)
+        else:
+            inv_1 = 1.0 / math.log(beta_1) if beta_1 > 0 else 0.0
+            inv_3 = 1.0 / math.log(beta_3)
 
         def slow_rate(t):
             a = jnp.minimum(t / beta_3_warmup_steps, 1.0)
@@ -143,7 +157,8 @@ def ademamix(
             return 1.0 - beta_3
 
     def step(g, s, lr, t):
-        mix = alpha * jnp.minimum(t / alpha_warmup_steps, 1.0) if alpha_warmup_steps else alpha
+        mix = (alpha * jnp.minimum(t / alpha_warmup_steps, 1.0)
+               if maybe_nonzero(alpha_warmup_steps) else alpha)
         m1 = s["m1"] + (g - s["m1"]) * (1 - beta_1)
         m2 = s["m2"] + (g - s["m2"]) * slow_rate(t)
         nu = s["nu"] + (jnp.square(g) - s["nu"]) * (1 - beta_2)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform, wider_dtype
+from kopt.functional.validation import TRACED, check_number, concrete
 
 __all__ = ["clip_by_norm", "clip_by_value", "clip_by_global_norm", "validate_clip_options"]
 
@@ -31,8 +32,7 @@ def validate_clip_options(clipnorm, clipvalue, global_clipnorm):
             f"global_clipnorm={global_clipnorm}"
         )
     for k, v in given.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"`{k}` must be a number >= 0. Received: {k}={v!r}")
+        check_number(k, v, low=0, allow_inf=True, message=f"`{k}` must be a number >= 0.")
 
 
 def _norm_clip(g, clip):
@@ -59,17 +59,33 @@ def _global_clip(leaves, clip):
     return [g * scale.astype(g.dtype) for g in leaves]
 
 
+def _active(clip):
+    """True, False, or None for a traced value (decided inside the computation)."""
+    if clip is None:
+        return False
+    v = concrete(clip)
+    if v is TRACED:
+        return None
+    return bool(v) and v != float("inf")
+
+
 def clip_leaves(leaves, clipnorm=None, clipvalue=None, global_clipnorm=None):
     """Apply the single configured Keras clip option to `leaves` (a list of arrays).
 
-    As in Keras, an option of 0 disables it.
+    As in Keras, an option of 0 disables it; so does infinity (no clipping). A traced
+    option (optax.inject_hyperparams under jit) decides this inside the computation.
     """
-    if clipnorm:
-        return [_norm_clip(g, clipnorm) for g in leaves]
-    if global_clipnorm:
-        return _global_clip(leaves, global_clipnorm)
-    if clipvalue:
-        return [jnp.clip(g, -clipvalue, clipvalue).astype(g.dtype) for g in leaves]
+    for clip, fn in ((clipnorm, lambda ls, c: [_norm_clip(g, c) for g in ls]),
+                     (global_clipnorm, _global_clip),
+                     (clipvalue, lambda ls, c: [jnp.clip(g, -c, c).astype(g.dtype)
+                                                for g in ls])):
+        active = _active(clip)
+        if active:
+            return fn(leaves, clip)
+        if active is None:
+            on = (clip > 0) & jnp.isfinite(clip)
+            safe = jnp.where(on, clip, jnp.ones_like(clip))
+            return [jnp.where(on, c, g) for c, g in zip(fn(leaves, safe), leaves)]
     return leaves
 
 
@@ -78,8 +94,8 @@ def _stateless(fn):
         del params
         return EmptyState()
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         leaves, treedef = jax.tree.flatten(updates)
         return jax.tree.unflatten(treedef, fn(leaves)), state
 
@@ -87,18 +103,24 @@ def _stateless(fn):
 
 
 def clip_by_norm(clipnorm: float) -> Transform:
-    """Scale each tensor `g` to `g * clipnorm / max(||g||_2, clipnorm)` (Keras `clipnorm`)."""
+    """Scale each tensor `g` to `g * clipnorm / max(||g||_2, clipnorm)` (Keras `clipnorm`).
+
+    `clipnorm` is a number >= 0; 0 and `inf` mean no clipping. NaN is refused."""
     validate_clip_options(clipnorm, None, None)
     return _stateless(lambda leaves: clip_leaves(leaves, clipnorm=clipnorm))
 
 
 def clip_by_value(clipvalue: float) -> Transform:
-    """Clip every element to `[-clipvalue, clipvalue]` (Keras `clipvalue`)."""
+    """Clip every element to `[-clipvalue, clipvalue]` (Keras `clipvalue`).
+
+    `clipvalue` is a number >= 0; 0 and `inf` mean no clipping. NaN is refused."""
     validate_clip_options(None, clipvalue, None)
     return _stateless(lambda leaves: clip_leaves(leaves, clipvalue=clipvalue))
 
 
 def clip_by_global_norm(global_clipnorm: float) -> Transform:
-    """Scale all tensors by `min(1, global_clipnorm / global_norm)` (Keras `global_clipnorm`)."""
+    """Scale all tensors by `min(1, global_clipnorm / global_norm)` (Keras `global_clipnorm`).
+
+    `global_clipnorm` is a number >= 0; 0 and `inf` mean no clipping. NaN is refused."""
     validate_clip_options(None, None, global_clipnorm)
     return _stateless(lambda leaves: clip_leaves(leaves, global_clipnorm=global_clipnorm))

@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kopt.functional.base import Transform, apply_updates, wider_dtype
+from kopt.functional.base import Transform, apply_updates, call_update, wider_dtype
 from kopt.functional.clipping import EmptyState
 from kopt.functional.validation import (
+    maybe_nonzero,
     validate_accumulation,
     validate_ema,
     validate_loss_scale_factor,
@@ -46,8 +47,8 @@ def unscale_gradients(loss_scale_factor: float) -> Transform:
         del params
         return EmptyState()
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         return jax.tree.map(lambda g: None if g is None else g / loss_scale_factor,
                             updates, is_leaf=_is_none), state
 
@@ -76,7 +77,8 @@ def ema(ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None) 
     def init_fn(params):
         return EmaState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
         if params is None:
             raise ValueError("ema needs `params`: call update(updates, state, params).")
         new_p = jax.tree.map(lambda p, u: p if u is None else apply_updates(p, u),
@@ -88,7 +90,7 @@ def ema(ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None) 
             return m * e + (1 - m) * jnp.asarray(p).astype(e.dtype)
 
         new_ema = jax.tree.map(avg, state.ema, new_p)
-        if ema_overwrite_frequency:
+        if maybe_nonzero(ema_overwrite_frequency):
             overwrite = (state.ema_count + 1) % ema_overwrite_frequency == 0
 
             def move(u, p, e):
@@ -123,7 +125,7 @@ def accumulate_gradients(inner: Transform, gradient_accumulation_steps: int) -> 
         return AccumulateState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
                                jax.tree.map(jnp.zeros_like, params), inner.init(params))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         is_update = (state.micro_step + 1) % n == 0
         summed = jax.tree.map(lambda g, a: None if g is None else a + g.astype(a.dtype),
                               updates, state.accum, is_leaf=_is_none)
@@ -131,7 +133,7 @@ def accumulate_gradients(inner: Transform, gradient_accumulation_steps: int) -> 
                             summed, updates, is_leaf=_is_none)
 
         def run():
-            u, s = inner.update(mean, state.inner, params)
+            u, s = call_update(inner, mean, state.inner, params, extra_args)
             u = jax.tree.map(lambda x, g: None if x is None else x.astype(g.dtype),
                              u, updates, is_leaf=_is_none)
             return u, s

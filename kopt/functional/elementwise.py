@@ -98,6 +98,9 @@ from kopt.functional.quantize import (
     validate_state_dtype,
 )
 from kopt.functional.validation import (
+    check_int,
+    is_traced,
+    maybe_nonzero,
     validate_accumulation,
     validate_ema,
     validate_loss_scale_factor,
@@ -161,13 +164,20 @@ class Rule(NamedTuple):
 
 
 def _check_threshold(bucket_threshold):
-    if bucket_threshold is None:
-        return
-    if isinstance(bucket_threshold, bool) or not isinstance(bucket_threshold, int) or bucket_threshold < 0:
-        raise ValueError(
-            "`bucket_threshold` must be an int >= 0 (0 turns bucketing off). "
-            f"Received: bucket_threshold={bucket_threshold!r}"
-        )
+    return check_int("bucket_threshold", bucket_threshold, low=0, allow_none=True,
+                     message="`bucket_threshold` must be an int >= 0 (0 turns bucketing off).")
+
+
+def _static_layout_args(**args):
+    """`bucket_threshold` and `min_quantized_size` decide the state's layout at `init`;
+    a traced value (inject_hyperparams under jit) cannot."""
+    for name, value in args.items():
+        if is_traced(value):
+            raise ValueError(
+                f"`{name}` decides the layout of the optimizer state, so it must be a "
+                "concrete integer at init; with optax.inject_hyperparams, list it in "
+                f"`static_args`. Received: {name}={value!r}"
+            )
 
 
 def elementwise_transform(
@@ -200,11 +210,20 @@ def elementwise_transform(
     lr = as_learning_rate(learning_rate)
     validate_clip_options(clipnorm, clipvalue, global_clipnorm)
     validate_weight_decay(weight_decay)
-    _check_threshold(bucket_threshold)
+    bucket_threshold = _check_threshold(bucket_threshold)
     validate_loss_scale_factor(loss_scale_factor)
     validate_ema(use_ema, ema_momentum, ema_overwrite_frequency)
     validate_accumulation(gradient_accumulation_steps)
-    accum_steps = gradient_accumulation_steps or None
+    min_quantized_size = check_int("min_quantized_size", min_quantized_size, low=1,
+                                   message="`min_quantized_size` must be an int >= 1.")
+    # Array hyperparameters (optax.inject_hyperparams) may be traced: decide from them
+    # in Python only where they can be read (`maybe_nonzero` is True for a traced value).
+    if gradient_accumulation_steps is not None and not is_traced(gradient_accumulation_steps):
+        gradient_accumulation_steps = int(gradient_accumulation_steps)
+    accum_steps = gradient_accumulation_steps if maybe_nonzero(
+        gradient_accumulation_steps) else None
+    decays = maybe_nonzero(weight_decay)
+    overwrites = maybe_nonzero(ema_overwrite_frequency)
     need_aux = bool(use_ema or accum_steps)
     if need_aux:
         missing = [f for f in ("ema", "accum", "micro_step") if f not in state_cls._fields]
@@ -214,7 +233,8 @@ def elementwise_transform(
 
     if rule.scalars and rule.advance is None:
         raise ValueError("A Rule with `scalars` needs an `advance` function.")
-    state_dtype = validate_state_dtype(state_dtype, min_quantized_size)
+    state_dtype = validate_state_dtype(
+        state_dtype, MIN_QUANTIZED_SIZE if is_traced(min_quantized_size) else min_quantized_size)
     if state_dtype == "int8" and rule.slots and (rule.per_leaf or rule.init is not None):
         raise ValueError(
             "state_dtype='int8' needs an elementwise rule; this optimizer's rule works on "
@@ -228,6 +248,9 @@ def elementwise_transform(
 
     def init_fn(params):
         slots = {}
+        _static_layout_args(bucket_threshold=bucket_threshold,
+                            **({"min_quantized_size": min_quantized_size}
+                               if state_dtype == "int8" else {}))
         if rule.slots or need_aux:
             threshold = 0 if rule.per_leaf else bucket_threshold
             layout = plan(params, threshold)   # the cross-cutting state's
@@ -256,12 +279,13 @@ def elementwise_transform(
         if accum_steps:
             slots["accum"] = Packed.full(layout, 0.0, like=params)
             scalars["micro_step"] = jnp.zeros((), jnp.int32)
-        return state_cls(
+        return lr.mark(state_cls(
             count=jnp.zeros((), jnp.int32), learning_rate=lr.initial(), **scalars, **slots
-        )
+        ))
 
-    def update_fn(updates, state, params=None):
-        if weight_decay and params is None:
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args   # accepted and ignored, as optax's GradientTransformationExtraArgs
+        if decays and params is None:
             raise ValueError(
                 "This optimizer applies weight decay, so update() needs `params`: "
                 "call update(grads, state, params)."
@@ -354,7 +378,7 @@ def elementwise_transform(
             m = jnp.where(first, 0.0, ema_momentum).astype(e.dtype)
             new_ema.append(m * e + (1 - m) * jnp.asarray(p).astype(e.dtype))
         deltas = list(deltas)
-        if ema_overwrite_frequency:
+        if overwrites:
             overwrite = (state.count + 1) % ema_overwrite_frequency == 0
             for i, (p, e) in enumerate(zip(p_leaves, new_ema)):
                 p = jnp.asarray(p)
@@ -395,13 +419,13 @@ def elementwise_transform(
             }
 
         # The params as the rule sees them: after decoupled weight decay (Keras's order).
-        p_leaves = treedef.flatten_up_to(params) if (weight_decay or rule.needs_params) else None
-        use_decay = resolve_mask(weight_decay_mask, params, treedef) if weight_decay else None
+        p_leaves = treedef.flatten_up_to(params) if (decays or rule.needs_params) else None
+        use_decay = resolve_mask(weight_decay_mask, params, treedef) if decays else None
         seen: list[Any] = [None] * len(g_all)
         if rule.needs_params:
             for i in present:
                 p = jnp.asarray(p_leaves[i])
-                if weight_decay and use_decay[i]:
+                if decays and use_decay[i]:
                     p = p - p * (weight_decay * rate.astype(p.dtype))
                 seen[i] = p
 
@@ -525,7 +549,7 @@ def elementwise_transform(
                 for n in rule.slots
             }
 
-        if weight_decay:
+        if decays:
             for i in present:
                 if use_decay[i]:
                     p = p_leaves[i]

@@ -11,7 +11,7 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_nonnegative
+from kopt.functional.validation import check_nonnegative, check_number
 
 __all__ = ["ftrl", "FtrlState"]
 
@@ -99,15 +99,15 @@ def ftrl(
     Reference: McMahan et al., "Ad Click Prediction: a View from the Trenches" (KDD 2013),
     Algorithm 1; `keras.optimizers.Ftrl`.
     """
-    if not isinstance(learning_rate_power, (int, float)) or learning_rate_power > 0:
-        raise ValueError(
-            "`learning_rate_power` needs to be negative or zero. "
-            f"Received: learning_rate_power={learning_rate_power!r}"
-        )
-    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-    check_nonnegative("l1_regularization_strength", l1_regularization_strength)
-    check_nonnegative("l2_regularization_strength", l2_regularization_strength)
-    check_nonnegative("l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength)
+    # Keras 3's messages.
+    check_number("learning_rate_power", learning_rate_power, high=0,
+                 message="`learning_rate_power` needs to be negative or zero.")
+    for name, value in (("initial_accumulator_value", initial_accumulator_value),
+                        ("l1_regularization_strength", l1_regularization_strength),
+                        ("l2_regularization_strength", l2_regularization_strength),
+                        ("l2_shrinkage_regularization_strength",
+                         l2_shrinkage_regularization_strength)):
+        check_number(name, value, low=0, message=f"`{name}` needs to be positive or zero.")
     check_nonnegative("beta", beta)
     power = -learning_rate_power
     l1 = l1_regularization_strength

@@ -10,7 +10,12 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.validation import check_nonnegative, check_positive, check_unit_interval
+from kopt.functional.validation import (
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    maybe_nonzero,
+)
 from kopt.functional.weight_decay import resolve_mask
 
 __all__ = ["lars", "LARSState"]
@@ -26,25 +31,25 @@ class LARSState(NamedTuple):
 
 
 def _lars_rule(momentum, nesterov, trust_coefficient, coupled_weight_decay, epsilon,
-               adapt, decay) -> Rule:
+               adapt, decay, has_slot) -> Rule:
     """`adapt` and `decay`: a bool per param leaf, or None for all."""
 
     def step(g, s, lr, t, param, *, leaf, layout):
         del t, layout
-        if coupled_weight_decay and (decay is None or decay[leaf]):
+        if maybe_nonzero(coupled_weight_decay) and (decay is None or decay[leaf]):
             g = g + coupled_weight_decay * param
         if adapt is None or adapt[leaf]:
             w_norm = jnp.sqrt(jnp.sum(jnp.square(param)))
             g_norm = jnp.sqrt(jnp.sum(jnp.square(g)))
             ratio = trust_coefficient * w_norm / (g_norm + epsilon)
             g = g * jnp.where((w_norm > 0) & (g_norm > 0), ratio, jnp.ones_like(ratio))
-        if not momentum:
+        if not has_slot:
             return -lr * g, {}
         v = s["momentum"] * momentum - lr * g
         delta = v * momentum - lr * g if nesterov else v
         return delta, {"momentum": v}
 
-    return Rule(slots=("momentum",) if momentum else (), step=step, needs_params=True,
+    return Rule(slots=("momentum",) if has_slot else (), step=step, needs_params=True,
                 per_leaf=True, leaf_info=True)
 
 
@@ -134,10 +139,15 @@ def lars(
     check_nonnegative("coupled_weight_decay", coupled_weight_decay)
     check_nonnegative("epsilon", epsilon)
 
-    def build(adapt, decay):
+    # A jax-array momentum (optax.inject_hyperparams) may be traced: the state says
+    # whether there is a momentum slot (decided at init, see `kopt.functional.base.by_slot`).
+    dynamic = isinstance(momentum, jax.Array)
+    has_momentum = maybe_nonzero(momentum)
+
+    def build(adapt, decay, has_slot=has_momentum):
         return elementwise_transform(
             _lars_rule(momentum, nesterov, trust_coefficient, coupled_weight_decay, epsilon,
-                       adapt, decay),
+                       adapt, decay, has_slot),
             LARSState, learning_rate,
             weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
             clipvalue=clipvalue, global_clipnorm=global_clipnorm,
@@ -148,15 +158,17 @@ def lars(
         )
 
     plain = build(None, None)   # validates the shared arguments now
-    masked_decay = bool(coupled_weight_decay) and weight_decay_mask is not None
-    if trust_ratio_mask is None and not masked_decay:
+    masked_decay = maybe_nonzero(coupled_weight_decay) and weight_decay_mask is not None
+    if trust_ratio_mask is None and not masked_decay and not dynamic:
         return plain
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
         # The masks are resolved against `params` (a callable mask may read them), at
         # trace time; the rule then reads one Python bool per leaf.
-        if params is None:
-            return plain.update(updates, state, params)   # raises: LARS needs params
+        has = state.momentum is not None if dynamic else has_momentum
+        if params is None:   # raises: LARS needs params
+            return build(None, None, has).update(updates, state, params)
         treedef = jax.tree.structure(params)
         adapt = None
         if trust_ratio_mask is not None:
@@ -167,6 +179,6 @@ def lars(
                     f"trust_ratio_mask must have the structure of params ({treedef}). "
                     f"Received: {trust_ratio_mask!r}") from e
         decay = resolve_mask(weight_decay_mask, params, treedef) if masked_decay else None
-        return build(adapt, decay).update(updates, state, params)
+        return build(adapt, decay, has).update(updates, state, params)
 
     return Transform(plain.init, update_fn)

@@ -11,7 +11,7 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_unit_interval
+from kopt.functional.validation import check_number, check_unit_interval, maybe_nonzero
 
 __all__ = ["lion", "LionState"]
 
@@ -75,12 +75,10 @@ def lion(
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (2023);
     `keras.optimizers.Lion`.
     """
-    check_unit_interval("beta_1", beta_1)
-    if beta_1 == 0:
-        raise ValueError(
-            "Argument `beta_1` must be in the (0, 1] range. Otherwise, the optimizer "
-            f"degenerates to SignSGD. Received: beta_1={beta_1!r}"
-        )
+    # Keras 3's message (its check is 0 < beta_1 <= 1, despite the "[0, 1]").
+    check_number("beta_1", beta_1, low=0, low_open=True, high=1, message=(
+        "Argument `beta_1` must be in the [0, 1] range. Otherwise, the optimizer "
+        "degenerates to SignSGD. (kopt: 0 < beta_1 <= 1.)"))
     check_unit_interval("beta_2", beta_2)
 
     def step(g, s, lr, t):
@@ -96,7 +94,7 @@ def lion(
         return -(lr * jnp.sign(new["momentum"] * beta_1 + g * (beta_2 - beta_1)))
 
     return elementwise_transform(
-        Rule(slots=("momentum",), step=step, update=update if beta_2 > 0 else None),
+        Rule(slots=("momentum",), step=step, update=update if maybe_nonzero(beta_2) else None),
         LionState, learning_rate,
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,

@@ -258,12 +258,7 @@ def muon(
     check_nonnegative("epsilon", epsilon)
     check_unit_interval("momentum", momentum)
     validate_weight_decay(weight_decay)
-    if adam_weight_decay is not None and (
-        isinstance(adam_weight_decay, bool) or not isinstance(adam_weight_decay, (int, float))
-        or not adam_weight_decay >= 0
-    ):
-        raise ValueError("`adam_weight_decay` must be a float >= 0 or None. Received: "
-                         f"adam_weight_decay={adam_weight_decay!r}")
+    validate_weight_decay(adam_weight_decay, "adam_weight_decay")   # finite, >= 0 or None
     check_nonnegative("adam_lr_ratio", adam_lr_ratio)
     for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
         _check_number(name, value)
@@ -339,7 +334,8 @@ def muon(
         adam, treedef = _branch_flags(params, exclude_layers, exclude_embeddings, adam_mask)
         return engine(adam, decay_rates(adam, params, treedef)).init(params)
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args   # accepted and ignored, as optax's GradientTransformationExtraArgs
         m, v = state.m.layout, state.v.layout   # a Muon leaf's `v` is an empty (0,) Stub
         adam = tuple(a == b for a, b in zip(v.shapes, m.shapes))
         return engine(adam, decay_rates(adam, params, m.treedef)).update(updates, state, params)

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kopt.functional.base import Transform, _find_field
+from kopt.functional.base import Transform, _find_field, call_update
 from kopt.functional.buckets import state_dtype_for
+from kopt.functional.validation import check_int, check_number
 
 __all__ = [
     "all_finite",
@@ -102,32 +103,29 @@ def skip_nonfinite(inner: Transform, max_consecutive: int | None = None) -> Tran
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise TypeError(
             f"skip_nonfinite: `inner` must be a transform with init/update. Received: {inner!r}")
-    if max_consecutive is not None and (
-        isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int)
-        or max_consecutive < 1
-    ):
-        raise ValueError(
-            "`max_consecutive` must be None or an integer >= 1. Received: "
-            f"max_consecutive={max_consecutive!r}"
-        )
+    max_consecutive = check_int("max_consecutive", max_consecutive, low=1, allow_none=True,
+                                message="`max_consecutive` must be None or an integer >= 1.")
 
     def init_fn(params):
         zero = jnp.zeros((), jnp.int32)
         return SkipNonfiniteState(count=zero, skipped=zero, consecutive=zero,
                                   inner=inner.init(params))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         finite = all_finite(updates)
         consecutive = jnp.where(finite, 0, state.consecutive + 1).astype(jnp.int32)
         apply = finite
         if max_consecutive is not None:
             apply = jnp.logical_or(finite, consecutive > max_consecutive)
 
+        def inner_update(u, s, p):
+            return call_update(inner, u, s, p, extra_args)
+
         def run():
-            return inner.update(updates, state.inner, params)
+            return inner_update(updates, state.inner, params)
 
         def skip():
-            return _zeros_like_output(inner.update, updates, state.inner, params), state.inner
+            return _zeros_like_output(inner_update, updates, state.inner, params), state.inner
 
         new_updates, new_inner = jax.lax.cond(apply, run, skip)
         if _has_count(new_inner):
@@ -155,18 +153,10 @@ class LossScaleState(NamedTuple):
 
 
 def _check_scale_arguments(initial_scale, dynamic_growth_steps):
-    if (isinstance(initial_scale, bool) or not isinstance(initial_scale, (int, float))
-            or not 0 < initial_scale < float("inf")):
-        raise ValueError(
-            "`initial_scale` must be a finite number > 0. Received: "
-            f"initial_scale={initial_scale!r}"
-        )
-    if (isinstance(dynamic_growth_steps, bool) or not isinstance(dynamic_growth_steps, int)
-            or dynamic_growth_steps < 1):
-        raise ValueError(
-            "`dynamic_growth_steps` must be an integer >= 1. Received: "
-            f"dynamic_growth_steps={dynamic_growth_steps!r}"
-        )
+    check_number("initial_scale", initial_scale, low=0, low_open=True,
+                 message="`initial_scale` must be a finite number > 0.")
+    check_int("dynamic_growth_steps", dynamic_growth_steps, low=1,
+              message="`dynamic_growth_steps` must be an integer >= 1.")
 
 
 def dynamic_loss_scale(inner: Transform, initial_scale: float = 2.0**15,
@@ -217,7 +207,7 @@ def dynamic_loss_scale(inner: Transform, initial_scale: float = 2.0**15,
                               dynamic_scale=jnp.asarray(initial_scale, jnp.float32),
                               inner=inner.init(params))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         finite = all_finite(updates)
         scale = state.dynamic_scale
 
@@ -229,7 +219,7 @@ def dynamic_loss_scale(inner: Transform, initial_scale: float = 2.0**15,
                                 updates, is_leaf=_is_none)
 
         def inner_update(grads, inner_state):
-            new_updates, new_inner = inner.update(grads, inner_state, params)
+            new_updates, new_inner = call_update(inner, grads, inner_state, params, extra_args)
             # Back to the gradients' dtypes, so the output is typed like the input.
             new_updates = jax.tree.map(
                 lambda u, g: None if u is None else u.astype(g.dtype),

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, call_update
 from kopt.functional.clipping import EmptyState
 
 __all__ = [
@@ -88,8 +88,8 @@ def frozen() -> Transform:
         del params
         return EmptyState()
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         zeros = jax.tree.map(lambda g: None if g is None else jnp.zeros_like(g), updates,
                              is_leaf=_is_none)
         return zeros, state
@@ -274,7 +274,7 @@ def partition(transforms: Mapping[Hashable, Transform | str | None],
                  for label, tx in txs.items()}
         return PartitionState(count=jnp.zeros((), jnp.int32), inner=inner)
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         if not isinstance(state, PartitionState):
             raise ValueError(
                 "partition: update() received a state of type "
@@ -295,9 +295,10 @@ def partition(transforms: Mapping[Hashable, Transform | str | None],
         out: list[Any] = [None] * len(g_leaves)
         inner = {}
         for label, tx in txs.items():
-            u, inner[label] = tx.update(
-                masked(treedef, g_leaves, flat, label), state.inner[label],
-                None if p_leaves is None else masked(treedef, p_leaves, flat, label))
+            u, inner[label] = call_update(
+                tx, masked(treedef, g_leaves, flat, label), state.inner[label],
+                None if p_leaves is None else masked(treedef, p_leaves, flat, label),
+                extra_args)
             u_leaves = treedef.flatten_up_to(u)
             for i, lab in enumerate(flat):
                 if lab == label:

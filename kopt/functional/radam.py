@@ -12,7 +12,12 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_nonnegative, check_unit_interval
+from kopt.functional.validation import (
+    check_nonnegative,
+    check_number,
+    check_unit_interval,
+    is_traced,
+)
 
 __all__ = ["radam", "RAdamState"]
 
@@ -37,9 +42,12 @@ def _sma_length(beta_2: float):
     `(rho_inf - 2/s) + (2/s) f(t s)`, `f(x) = 1 - x / (e^x - 1)`: the constants are
     float64, and `f` is a series for `x < 1` (no cancellation) and direct above.
     """
-    if beta_2 == 0.0:   # rho_t = rho_inf = 1 for every t
+    if is_traced(beta_2):   # optax.inject_hyperparams under jit: float32, in the graph
+        s = -jnp.log(jnp.maximum(beta_2, jnp.finfo(jnp.float32).tiny))
+    elif beta_2 == 0.0:   # rho_t = rho_inf = 1 for every t
         return lambda t: jnp.ones_like(t)
-    s = -math.log(beta_2)
+    else:
+        s = -math.log(beta_2)
     offset = (2.0 / (1.0 - beta_2) - 1.0) - 2.0 / s
 
     def rho(t):
@@ -128,21 +136,22 @@ def radam(
     (ICLR 2020), Algorithm 2; https://arxiv.org/abs/1908.03265.
     """
     check_unit_interval("beta_1", beta_1)
-    check_unit_interval("beta_2", beta_2)
-    if beta_2 == 1:
-        raise ValueError(
-            "`beta_2` must be < 1 for RAdam (rho_inf = 2 / (1 - beta_2) - 1). "
-            f"Received: beta_2={beta_2!r}")
+    check_number("beta_2", beta_2, low=0, high=1, high_open=True,
+                 message="`beta_2` must be >= 0 and < 1 for RAdam (rho_inf = 2 / (1 - beta_2) - 1).")
     check_nonnegative("epsilon", epsilon)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 4:
-        raise ValueError(
-            "`threshold` must be a number >= 4 (the rectification term needs rho_t >= 4). "
-            f"Received: threshold={threshold!r}")
+    check_number("threshold", threshold, low=4,
+                 message="`threshold` must be a number >= 4 (the rectification term needs rho_t >= 4).")
+    if not is_traced(beta_2):
+        beta_2 = float(beta_2)   # the constants below in float64
 
     rho = _sma_length(beta_2)
     rho_inf = 2.0 / (1.0 - beta_2) - 1.0
     # r_t^2 = scale * (rho_t - 4)(rho_t - 2) / rho_t; with rho_inf <= 4 it is never used.
-    scale = rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0)) if rho_inf > 4.0 else 0.0
+    if is_traced(beta_2):
+        safe = jnp.where(rho_inf > 4.0, rho_inf, 5.0)
+        scale = jnp.where(rho_inf > 4.0, safe / ((safe - 4.0) * (safe - 2.0)), 0.0)
+    else:
+        scale = rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0)) if rho_inf > 4.0 else 0.0
 
     def step(g, s, lr, t):
         m = s["m"] + (g - s["m"]) * (1 - beta_1)

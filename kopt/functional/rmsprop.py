@@ -7,11 +7,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, by_slot
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_nonnegative, check_unit_interval
+from kopt.functional.validation import check_nonnegative, check_unit_interval, maybe_nonzero
 
 __all__ = ["rmsprop", "RMSpropState"]
 
@@ -83,7 +83,14 @@ def rmsprop(
     check_unit_interval("rho", rho)
     check_unit_interval("momentum", momentum)
     check_nonnegative("epsilon", epsilon)
-    slots = ("rms",) + (("momentum",) if momentum else ()) + (("mg",) if centered else ())
+    common = dict(
+        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
+        use_ema=use_ema, ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
+    )
 
     def increment(g, new, lr):
         if centered:
@@ -92,25 +99,24 @@ def rmsprop(
             denominator = new["rms"] + epsilon
         return lr * g * jax.lax.rsqrt(denominator)
 
-    def update(g, new, lr, t):
-        del t
-        return -new["momentum"] if momentum else -increment(g, new, lr)
+    def build(has_slot):
+        slots = ("rms",) + (("momentum",) if has_slot else ()) + (("mg",) if centered else ())
 
-    def step(g, s, lr, t):
-        new = {"rms": rho * s["rms"] + (1 - rho) * jnp.square(g)}
-        if centered:
-            new["mg"] = rho * s["mg"] + (1 - rho) * g
-        if momentum:
-            new["momentum"] = momentum * s["momentum"] + increment(g, new, lr)
-        return update(g, new, lr, t), new
+        def update(g, new, lr, t):
+            del t
+            return -new["momentum"] if has_slot else -increment(g, new, lr)
 
-    return elementwise_transform(
-        Rule(slots=slots, step=step, nonnegative=("rms",), update=update), RMSpropState,
-        learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
-    )
+        def step(g, s, lr, t):
+            new = {"rms": rho * s["rms"] + (1 - rho) * jnp.square(g)}
+            if centered:
+                new["mg"] = rho * s["mg"] + (1 - rho) * g
+            if has_slot:
+                new["momentum"] = momentum * s["momentum"] + increment(g, new, lr)
+            return update(g, new, lr, t), new
+
+        rule = Rule(slots=slots, step=step, nonnegative=("rms",), update=update)
+        return lambda: elementwise_transform(rule, RMSpropState, learning_rate, **common)
+
+    if isinstance(momentum, jax.Array):   # optax.inject_hyperparams: the state decides
+        return by_slot("momentum", build(True), build(False), maybe_nonzero(momentum))
+    return build(bool(momentum))()

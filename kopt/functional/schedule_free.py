@@ -10,7 +10,13 @@ import jax.numpy as jnp
 from kopt.functional.base import Transform
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.validation import check_nonnegative, check_unit_interval
+from kopt.functional.validation import (
+    check_int,
+    check_nonnegative,
+    check_number,
+    check_unit_interval,
+    is_traced,
+)
 
 __all__ = ["schedule_free_adamw", "schedule_free_eval_params", "ScheduleFreeAdamWState"]
 
@@ -26,12 +32,9 @@ class ScheduleFreeAdamWState(NamedTuple):
 
 
 def _check_beta_1(beta_1):
-    check_unit_interval("beta_1", beta_1)
-    if beta_1 == 0:
-        raise ValueError(
-            "`beta_1` must be in (0, 1]: the averaged point is recovered as "
-            f"(y - (1 - beta_1) z) / beta_1. Received: beta_1={beta_1!r}"
-        )
+    check_number("beta_1", beta_1, low=0, low_open=True, high=1, message=(
+        "`beta_1` must be in (0, 1]: the averaged point is recovered as "
+        "(y - (1 - beta_1) z) / beta_1."))
 
 
 def schedule_free_adamw(
@@ -108,12 +111,14 @@ def schedule_free_adamw(
     _check_beta_1(beta_1)
     check_unit_interval("beta_2", beta_2)
     check_nonnegative("epsilon", epsilon)
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(
-            f"`warmup_steps` must be an integer >= 0. Received: warmup_steps={warmup_steps!r}")
+    warmup_steps = check_int("warmup_steps", warmup_steps, low=0,
+                             message="`warmup_steps` must be an integer >= 0.")
 
     def step(g, s, lr, t, y):
-        if warmup_steps > 0:
+        if is_traced(warmup_steps):   # optax.inject_hyperparams under jit
+            w = jnp.maximum(warmup_steps, 1).astype(t.dtype)
+            lr = jnp.where(warmup_steps > 0, lr * jnp.minimum(t / w, 1.0), lr)
+        elif warmup_steps > 0:
             lr = lr * jnp.minimum(t / warmup_steps, 1.0)
         v = s["v"] + (jnp.square(g) - s["v"]) * (1 - beta_2)
         z = s["z"] - lr * g / (jnp.sqrt(v / (1 - beta_2**t)) + epsilon)

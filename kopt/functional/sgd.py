@@ -6,11 +6,11 @@ from typing import NamedTuple
 
 import jax
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, by_slot
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE
-from kopt.functional.validation import check_unit_interval
+from kopt.functional.validation import check_unit_interval, maybe_nonzero
 
 __all__ = ["sgd", "SGDState"]
 
@@ -54,14 +54,26 @@ def sgd(
         \theta \leftarrow \theta + v \quad\text{or, if nesterov,}\quad
         \theta \leftarrow \theta + \mu v - \eta g .
 
+    Every numeric argument may be a Python number, a numpy scalar or 0-d array, or a 0-d
+    jax array (traced under `optax.inject_hyperparams`); concrete values are checked
+    (NaN and, except for the clip options, inf are refused with a ValueError naming the
+    argument).
+
     Args:
-      learning_rate: float, schedule or callable `step -> lr`. Default 0.01.
-      momentum: float in [0, 1]. Default 0.0 (no velocity slot is kept).
+      learning_rate: float, schedule, callable `step -> lr`, or zero-argument callable
+        `() -> lr` (Keras's form); both callables are evaluated, traced, on every update
+        and must return a scalar. A jax array is used as given on every update (how
+        `optax.inject_hyperparams` passes it); see `kopt.functional.learning_rate`.
+        Default 0.01.
+      momentum: float in [0, 1]. Default 0.0 (no velocity slot is kept). Under
+        `optax.inject_hyperparams`, whether the slot exists is decided by the value at
+        `init` (see `kopt.functional.base.by_slot`).
       nesterov: use Nesterov momentum. Default False.
       weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
       weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
         that decay. Default None (all).
       clipnorm, clipvalue, global_clipnorm: Keras's clipping; at most one. Default None.
+        0 and `inf` mean no clipping; NaN is refused.
       bucket_threshold: leaves with at most this many elements share flat state buffers;
         0 turns bucketing off. Default None: automatic, on for GPU/TPU and off for CPU
         (see `kopt.functional.buckets`).
@@ -102,21 +114,7 @@ def sgd(
     Reference: `keras.optimizers.SGD` (Keras 3).
     """
     check_unit_interval("momentum", momentum)
-
-    def update(g, new, lr, t):
-        del t
-        v = new["momentum"]
-        return (-g * lr + v * momentum) if nesterov else v
-
-    def step(g, slots, lr, t):
-        if not momentum:
-            return -lr * g, {}
-        new = {"momentum": -g * lr + slots["momentum"] * momentum}
-        return update(g, new, lr, t), new
-
-    rule = Rule(slots=("momentum",) if momentum else (), step=step, update=update)
-    return elementwise_transform(
-        rule, SGDState, learning_rate,
+    common = dict(
         weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
         clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
         use_ema=use_ema, ema_momentum=ema_momentum,
@@ -124,3 +122,22 @@ def sgd(
         gradient_accumulation_steps=gradient_accumulation_steps,
         state_dtype=state_dtype, min_quantized_size=min_quantized_size,
     )
+
+    def build(has_slot):
+        def update(g, new, lr, t):
+            del t
+            v = new["momentum"]
+            return (-g * lr + v * momentum) if nesterov else v
+
+        def step(g, slots, lr, t):
+            if not has_slot:
+                return -lr * g, {}
+            new = {"momentum": -g * lr + slots["momentum"] * momentum}
+            return update(g, new, lr, t), new
+
+        rule = Rule(slots=("momentum",) if has_slot else (), step=step, update=update)
+        return lambda: elementwise_transform(rule, SGDState, learning_rate, **common)
+
+    if isinstance(momentum, jax.Array):   # optax.inject_hyperparams: the state decides
+        return by_slot("momentum", build(True), build(False), maybe_nonzero(momentum))
+    return build(bool(momentum))()

@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, Sharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
-from kopt.functional.base import Transform
+from kopt.functional.base import Transform, call_update
 from kopt.functional.clipping import EmptyState
 
 __all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients"]
@@ -184,7 +184,7 @@ def shard_state(tx: Transform, mesh: Mesh, axis: str = "data") -> Transform:
     def init_fn(params):
         return place_state(tx.init(params))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         u_leaves, u_def = jax.tree.flatten(updates, is_leaf=_is_none)
         p_leaves = u_def.flatten_up_to(params) if params is not None else [None] * len(u_leaves)
         targets = u_def.unflatten(
@@ -193,9 +193,10 @@ def shard_state(tx: Transform, mesh: Mesh, axis: str = "data") -> Transform:
             # Run the update with the mesh's axes in Auto mode, so that XLA may slice and
             # gather (explicit sharding rejects reshaping a split bucket, for example).
             run = jax.sharding.auto_axes(
-                tx.update, out_sharding=(targets, jax.tree.map(state_sharding, state)))
+                lambda u, s, p: call_update(tx, u, s, p, extra_args),
+                out_sharding=(targets, jax.tree.map(state_sharding, state)))
             return run(updates, state, params)
-        updates, state = tx.update(updates, state, params)
+        updates, state = call_update(tx, updates, state, params, extra_args)
         return jax.tree.map(place, updates, targets), place_state(state)
 
     return Transform(init_fn, update_fn)
@@ -259,8 +260,8 @@ def aggregate_gradients(axis_name: str | tuple[str, ...], op: str = "sum") -> Tr
         del params
         return EmptyState()
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         try:   # the axes along which JAX tracks what varies (shard_map with check_vma)
             tracked = [n for n in names if n in _varying_axes(jax.lax.axis_index(n))]
         except NameError as e:

@@ -9,17 +9,15 @@ import jax.numpy as jnp
 
 from kopt.functional.base import Transform
 from kopt.functional.learning_rate import LearningRate, as_learning_rate
+from kopt.functional.validation import check_number
 
 __all__ = ["add_decayed_weights", "resolve_mask", "validate_weight_decay"]
 
 
-def validate_weight_decay(weight_decay):
-    if weight_decay is None:
-        return
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
-        raise ValueError(f"`weight_decay` must be a float or None. Received: weight_decay={weight_decay!r}")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
+def validate_weight_decay(weight_decay, name: str = "weight_decay"):
+    """None, or a finite number >= 0 (Python, numpy or jax scalar)."""
+    check_number(name, weight_decay, low=0, allow_none=True,
+                 message=f"`{name}` must be >= 0.")
 
 
 def resolve_mask(mask, params, treedef):
@@ -61,9 +59,10 @@ def add_decayed_weights(weight_decay: float, learning_rate: LearningRate = 1.0,
 
     def init_fn(params):
         del params
-        return DecayState(jnp.zeros((), jnp.int32), lr.initial())
+        return lr.mark(DecayState(jnp.zeros((), jnp.int32), lr.initial()))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
         if params is None:
             raise ValueError("add_decayed_weights needs `params`: call update(updates, state, params).")
         leaves, treedef = jax.tree.flatten(updates)
@@ -75,6 +74,7 @@ def add_decayed_weights(weight_decay: float, learning_rate: LearningRate = 1.0,
             for u, p, m in zip(leaves, p_leaves, use)
         ]
         count = state.count + 1
-        return jax.tree.unflatten(treedef, out), DecayState(count, lr.next(state, count))
+        return jax.tree.unflatten(treedef, out), state._replace(
+            count=count, learning_rate=lr.next(state, count))
 
     return Transform(init_fn, update_fn)

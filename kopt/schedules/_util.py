@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from kopt.schedules.base import LearningRateSchedule, deserialize, serialize
+from kopt.schedules.base import LearningRateSchedule, _short, deserialize, serialize
 
 
 def _is_real(x) -> bool:
@@ -20,7 +20,7 @@ def _is_real(x) -> bool:
 
 
 def _fail(name, value, what):
-    raise ValueError(f"Argument `{name}` must be {what}. Received: {name}={value!r}")
+    raise ValueError(f"Argument `{name}` must be {what}. Received: {name}={_short(value)}")
 
 
 def check_positive(name, value) -> None:
@@ -57,7 +57,7 @@ def check_boundaries(name, boundaries, n, *, integer=False) -> list:
     if len(boundaries) != n:
         raise ValueError(
             f"Argument `{name}` must have {n} entries, one fewer than the number of "
-            f"{'schedules' if integer else 'values'}. Received: {name}={list(boundaries)} "
+            f"{'schedules' if integer else 'values'}. Received: {name}={_short(list(boundaries))} "
             f"of length {len(boundaries)}."
         )
     for b in boundaries:

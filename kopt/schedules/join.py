@@ -75,6 +75,10 @@ class JoinSchedules(LearningRateSchedule):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = cls._checked_config(config)
+        if not isinstance(config["schedules"], (list, tuple)):
+            raise TypeError(
+                "The 'schedules' key of a JoinSchedules config must be a list. "
+                f"Received: schedules={config['schedules']!r}")
         config["schedules"] = [nested_from_config(s) for s in config["schedules"]]
         return cls(**config)

@@ -80,6 +80,6 @@ class LinearWarmup(LearningRateSchedule):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = cls._checked_config(config)
         config["schedule"] = nested_from_config(config["schedule"])
         return cls(**config)

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
-from kopt.functional.learning_rate import as_learning_rate
+from kopt.functional.learning_rate import as_learning_rate, resolve_learning_rate
 from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
 from kopt.interop.flax import nnx_gradient_hint
@@ -233,7 +233,9 @@ class Optimizer:
         self.loss_scale_factor = loss_scale_factor
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.bucket_threshold = bucket_threshold
-        self._learning_rate = learning_rate
+        # A concrete number (Python, numpy or jax) becomes a Python float, held in the
+        # state and settable; a callable stays a schedule.
+        self._learning_rate = resolve_learning_rate(learning_rate)[0]
         self._exclude_ids: set[int] = set()
         self._exclude_names: list[str] = []
         self._vars: tuple[Variable, ...] | None = None
