@@ -85,7 +85,7 @@ TRANSFORMS = _transforms()
 NOT_TRANSFORMS = {"apply_updates", "iteration_count", "current_learning_rate",
                   "set_learning_rate", "path_labels", "state_shardings",
                   "schedule_free_eval_params", "all_finite", "quantization_map",
-                  "resolve_learning_rate", "learning_rate_source",
+                  "resolve_learning_rate", "learning_rate_source", "muon_branches",
                   "aggregate_gradients"}   # aggregate_gradients: its own test below
 
 

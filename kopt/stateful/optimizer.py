@@ -235,7 +235,9 @@ class Optimizer:
         self.bucket_threshold = bucket_threshold
         # A concrete number (Python, numpy or jax) becomes a Python float, held in the
         # state and settable; a callable stays a schedule.
-        self._learning_rate = resolve_learning_rate(learning_rate)[0]
+        # (Wrappers whose rate lives elsewhere pass None.)
+        self._learning_rate = (None if learning_rate is None
+                               else resolve_learning_rate(learning_rate)[0])
         self._exclude_ids: set[int] = set()
         self._exclude_names: list[str] = []
         self._vars: tuple[Variable, ...] | None = None
