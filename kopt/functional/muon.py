@@ -12,8 +12,9 @@ import jax.numpy as jnp
 
 from kopt.functional.adam import adam_rule
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
+from kopt.functional.buckets import Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
 
@@ -142,6 +143,7 @@ def _check_number(name, value, allow_none=False):
         raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
 
 
+@with_options(exclude=('state_dtype', 'min_quantized_size'))
 def muon(
     learning_rate=0.001,
     adam_beta_1: float = 0.9,
@@ -161,16 +163,7 @@ def muon(
     nesterov: bool = True,
     rms_rate: float | None = 0.2,
     adam_mask: Any = None,
-    weight_decay_mask: Any = None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
+    options: Options,
 ) -> Transform:
     r"""Muon (MomentUm Orthogonalized by Newton–Schulz), as Keras 3 computes it.
 
@@ -257,7 +250,6 @@ def muon(
     check_unit_interval("adam_beta_2", adam_beta_2)
     check_nonnegative("epsilon", epsilon)
     check_unit_interval("momentum", momentum)
-    validate_weight_decay(weight_decay)
     validate_weight_decay(adam_weight_decay, "adam_weight_decay")   # finite, >= 0 or None
     check_nonnegative("adam_lr_ratio", adam_lr_ratio)
     for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
@@ -307,13 +299,8 @@ def muon(
         rule = Rule(slots=("m", "v"), step=step, per_leaf=True, init=init, leaf_info=True,
                     needs_params=any(decay))
         return elementwise_transform(
-            rule, MuonState, learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-            use_ema=use_ema, ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-        )
+            rule, MuonState, learning_rate,
+            options.replace(weight_decay=None, weight_decay_mask=None))
 
     engine((), ())   # validates the learning rate and the cross-cutting options now
 
@@ -326,7 +313,7 @@ def muon(
                 "default), so update() needs `params`: call update(grads, state, params), "
                 "or pass weight_decay=None, adam_weight_decay=None."
             )
-        use = resolve_mask(weight_decay_mask, params, treedef)
+        use = resolve_mask(options.weight_decay_mask, params, treedef)
         return tuple((adam_weight_decay if a else weight_decay) if u else None
                      for a, u in zip(adam, use))
 
