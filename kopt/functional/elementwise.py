@@ -25,7 +25,12 @@ Keras's cross-cutting options wrap that core, in Keras 3's order:
   the new EMA.
 
 These live in the optional state fields `ema`, `accum` (Packed, like the slots) and
-`micro_step` (int32 scalar), None when the option is off.
+`micro_step` (int32 scalar), None when the option is off. The options are declared once,
+in `kopt.functional.options.Options`. The engine is two parts: the rule runner
+(`kopt.functional.rule_runner`: buckets, per-leaf rules, low-precision state, weight
+decay) and, here, a wrapper that runs the public `unscale_gradients`,
+`accumulate_gradients` (around `clip_by_*` and the runner) and `ema` transforms on views
+of this state, so that each option is implemented once.
 
 The learning rate at step `count` is the stored float, or `schedule(count)`.
 A `None` gradient leaf is skipped: no update, and its state is unchanged.
@@ -58,7 +63,8 @@ in the state's dtype, and in float32 where the state is stored in bfloat16 or in
   quantised (`Quantized`: 8-bit codes and one float32 scale per 2048 elements; the slots
   a `Rule` lists as `nonnegative` use the unsigned map, the others the signed one),
   stochastically rounded too, and is never bucketed; smaller leaves keep full-precision
-  slots, bucketed as usual. Only elementwise rules (not `per_leaf`) support it.
+  slots, bucketed as usual. Only elementwise rules (not `per_leaf`) support it. A slot
+  whose `Rule.state_dtypes` leaves out 'int8' stays float32 (Adan's `prev_grad`).
 
 Both round with random bits that hash (element, step, `seed`, slot), `seed` being a
 uint32 state field (0 at `init`; replace it for another stream), so a run is

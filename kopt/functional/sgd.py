@@ -58,6 +58,8 @@ def sgd(
         `optax.inject_hyperparams`, whether the slot exists is decided by the value at
         `init` (see `kopt.functional.base.by_slot`).
       nesterov: use Nesterov momentum. Default False.
+      The cross-cutting arguments below (from `weight_decay` on) are the fields of
+      `kopt.functional.Options`, shared by every optimizer.
       weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
       weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
         that decay. Default None (all).
