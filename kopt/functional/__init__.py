@@ -41,6 +41,7 @@ from kopt.functional.nonfinite import (
     dynamic_loss_scale,
     skip_nonfinite,
 )
+from kopt.functional.options import Options
 from kopt.functional.partition import (
     MaskedNode,
     PartitionState,
@@ -82,6 +83,7 @@ __all__ = [
     "AccumulateState",
     "Rule",
     "elementwise_transform",
+    "Options",
     "Packed",
     "DEFAULT_BUCKET_THRESHOLD",
     "sgd",

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
+from kopt.functional.buckets import Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_number, check_positive
 
 __all__ = ["adafactor", "AdafactorState"]
@@ -45,6 +46,7 @@ def _init_slot(name, param, i):
     return jnp.zeros_like(param, dtype=dtype).sum(axis=-1 if name == "r" else -2)
 
 
+@with_options(exclude=('state_dtype', 'min_quantized_size'))
 def adafactor(
     learning_rate=0.001,
     beta_2_decay: float = -0.8,
@@ -53,17 +55,7 @@ def adafactor(
     clip_threshold: float = 1.0,
     relative_step: bool = True,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
+    options: Options,
 ) -> Transform:
     r"""Adafactor as Keras 3 computes it: no first moment, factored second moments.
 
@@ -166,10 +158,5 @@ def adafactor(
 
     rule = Rule(slots=("r", "c", "v"), step=step, needs_params=True, per_leaf=True, init=_init_slot)
     return elementwise_transform(
-        rule, AdafactorState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
+        rule, AdafactorState, learning_rate, options,
     )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from kopt.functional.adam import AdamState, adam_rule
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.elementwise import elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 
 __all__ = ["adamw"]
 
 
+@with_options
 def adamw(
     learning_rate=0.001,
     weight_decay: float = 0.004,
@@ -19,18 +19,7 @@ def adamw(
     epsilon: float = 1e-7,
     amsgrad: bool = False,
     *,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""AdamW: Keras 3's Adam step after decoupled weight decay.
 
@@ -63,11 +52,5 @@ def adamw(
             "Argument `weight_decay` must be a float. Received: weight_decay=None"
         )
     return elementwise_transform(
-        adam_rule(beta_1, beta_2, epsilon, amsgrad), AdamState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
+        adam_rule(beta_1, beta_2, epsilon, amsgrad), AdamState, learning_rate, options,
     )

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adan", "AdanState"]
@@ -29,6 +29,7 @@ class AdanState(NamedTuple):
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
+@with_options
 def adan(
     learning_rate=0.001,
     beta_1: float = 0.98,
@@ -36,19 +37,7 @@ def adan(
     beta_3: float = 0.99,
     epsilon: float = 1e-8,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""Adan: Adam-like steps on a Nesterov momentum estimated from gradient differences.
 
@@ -87,7 +76,9 @@ def adan(
       in `kopt.functional.sgd`.
 
     State: `AdanState` with slots `m`, `v`, `n`, `prev_grad` (also the stateful
-    `get_weights` order after the iteration count).
+    `get_weights` order after the iteration count). Under `state_dtype='int8'`,
+    `prev_grad` stays float32: the gradient difference it feeds is small next to the
+    gradient, and 8-bit codes of the gradient would swamp it.
 
     Example:
       >>> import jax, jax.numpy as jnp, kopt
@@ -115,13 +106,9 @@ def adan(
         delta = -lr * direction / (jnp.sqrt(n / (1 - beta_3**t)) + epsilon)
         return delta, {"m": m, "v": v, "n": n, "prev_grad": g}
 
-    rule = Rule(slots=("m", "v", "n", "prev_grad"), step=step, nonnegative=("n",))
+    # `prev_grad` feeds the difference g - prev_grad: 8-bit codes of g would swamp it.
+    rule = Rule(slots=("m", "v", "n", "prev_grad"), step=step, nonnegative=("n",),
+                state_dtypes={"prev_grad": ("bfloat16",)})
     return elementwise_transform(
-        rule, AdanState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
+        rule, AdanState, learning_rate, options,
     )

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import (
     check_int,
     check_nonnegative,
@@ -40,6 +40,7 @@ def _check_warmup(name, value):
                      message=f"`{name}` must be an integer >= 1 or None.")
 
 
+@with_options
 def ademamix(
     learning_rate=0.001,
     beta_1: float = 0.9,
@@ -50,19 +51,7 @@ def ademamix(
     alpha_warmup_steps: int | None = None,
     beta_3_warmup_steps: int | None = None,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""AdEMAMix: Adam's step plus :math:`\alpha` times a slow, uncorrected gradient EMA.
 
@@ -168,11 +157,5 @@ def ademamix(
 
     rule = Rule(slots=("m1", "m2", "nu"), step=step, nonnegative=("nu",))
     return elementwise_transform(
-        rule, AdEMAMixState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
+        rule, AdEMAMixState, learning_rate, options,
     )

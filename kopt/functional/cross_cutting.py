@@ -1,9 +1,9 @@
 """Keras 3's cross-cutting options as composable transforms.
 
-Every kopt optimizer already takes `loss_scale_factor`, `use_ema`/`ema_momentum`/
-`ema_overwrite_frequency` and `gradient_accumulation_steps` as arguments (implemented in
-`kopt.functional.elementwise`, with Keras 3's exact semantics). These transforms give
-the same behaviour as building blocks for `chain` and for optax transforms:
+Every kopt optimizer takes `loss_scale_factor`, `use_ema`/`ema_momentum`/
+`ema_overwrite_frequency` and `gradient_accumulation_steps` as arguments; its engine
+(`kopt.functional.elementwise`) runs exactly these transforms, in Keras 3's order, on
+views of its state. They are also building blocks for `chain` and for optax transforms:
 
 - `unscale_gradients(loss_scale_factor)`: divide the gradients by the factor; put it first.
 - `ema(ema_momentum, ema_overwrite_frequency)`: keep an EMA of the params as they will be
@@ -96,7 +96,8 @@ def ema(ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None) 
             def move(u, p, e):
                 p = jnp.asarray(p)
                 dt = p.dtype if u is None else u.dtype
-                to_ema = (e.astype(wider_dtype(p.dtype, e.dtype)) - p).astype(dt)
+                wide = wider_dtype(p.dtype, e.dtype)
+                to_ema = (e.astype(wide) - p.astype(wide)).astype(dt)
                 return jnp.where(overwrite, to_ema, jnp.zeros_like(to_ema) if u is None else u)
 
             updates = jax.tree.map(move, updates, params, new_ema, is_leaf=_is_none)

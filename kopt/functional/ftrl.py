@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_number
 
 __all__ = ["ftrl", "FtrlState"]
@@ -30,6 +30,7 @@ class FtrlState(NamedTuple):
     weights_by_variable = True
 
 
+@with_options
 def ftrl(
     learning_rate=0.001,
     learning_rate_power: float = -0.5,
@@ -39,19 +40,7 @@ def ftrl(
     l2_shrinkage_regularization_strength: float = 0.0,
     beta: float = 0.0,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""FTRL-Proximal with Keras 3's formula; the new param is solved from the state.
 
@@ -131,11 +120,5 @@ def ftrl(
         nonnegative=("accumulator",),
     )
     return elementwise_transform(
-        rule, FtrlState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
+        rule, FtrlState, learning_rate, options,
     )

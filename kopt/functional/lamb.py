@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["lamb", "LambState"]
@@ -25,23 +26,14 @@ class LambState(NamedTuple):
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
+@with_options(exclude=('state_dtype', 'min_quantized_size'))
 def lamb(
     learning_rate=0.001,
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-7,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
+    options: Options,
 ) -> Transform:
     r"""Lamb as Keras 3 computes it: a bias-corrected Adam direction, scaled per tensor.
 
@@ -101,10 +93,5 @@ def lamb(
 
     rule = Rule(slots=("m", "v"), step=step, needs_params=True, per_leaf=True)
     return elementwise_transform(
-        rule, LambState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
+        rule, LambState, learning_rate, options,
     )

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import (
     check_nonnegative,
     check_positive,
@@ -53,6 +54,7 @@ def _lars_rule(momentum, nesterov, trust_coefficient, coupled_weight_decay, epsi
                 per_leaf=True, leaf_info=True)
 
 
+@with_options(exclude=('state_dtype', 'min_quantized_size'))
 def lars(
     learning_rate=1.0,
     momentum: float = 0.9,
@@ -62,17 +64,7 @@ def lars(
     epsilon: float = 0.0,
     trust_ratio_mask=None,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
+    options: Options,
 ) -> Transform:
     r"""LARS: momentum SGD whose step for each tensor is scaled by a trust ratio.
 
@@ -148,17 +140,11 @@ def lars(
         return elementwise_transform(
             _lars_rule(momentum, nesterov, trust_coefficient, coupled_weight_decay, epsilon,
                        adapt, decay, has_slot),
-            LARSState, learning_rate,
-            weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-            clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-            bucket_threshold=bucket_threshold, use_ema=use_ema, ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
+            LARSState, learning_rate, options,
         )
 
     plain = build(None, None)   # validates the shared arguments now
-    masked_decay = maybe_nonzero(coupled_weight_decay) and weight_decay_mask is not None
+    masked_decay = maybe_nonzero(coupled_weight_decay) and options.weight_decay_mask is not None
     if trust_ratio_mask is None and not masked_decay and not dynamic:
         return plain
 
@@ -178,7 +164,7 @@ def lars(
                 raise ValueError(
                     f"trust_ratio_mask must have the structure of params ({treedef}). "
                     f"Received: {trust_ratio_mask!r}") from e
-        decay = resolve_mask(weight_decay_mask, params, treedef) if masked_decay else None
+        decay = resolve_mask(options.weight_decay_mask, params, treedef) if masked_decay else None
         return build(adapt, decay, has).update(updates, state, params)
 
     return Transform(plain.init, update_fn)

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 
 from kopt.functional.adam import adam_rule
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed, state_dtype_for
+from kopt.functional.buckets import Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
 
@@ -142,6 +143,33 @@ def _check_number(name, value, allow_none=False):
         raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
 
 
+def _check_args(*, adam_beta_1, adam_beta_2, epsilon, momentum, adam_weight_decay,
+                adam_lr_ratio, muon_a, muon_b, muon_c, rms_rate, ns_steps, exclude_layers,
+                exclude_embeddings, nesterov):
+    """Muon's own arguments (the cross-cutting ones are `Options`')."""
+    check_unit_interval("adam_beta_1", adam_beta_1)
+    check_unit_interval("adam_beta_2", adam_beta_2)
+    check_nonnegative("epsilon", epsilon)
+    check_unit_interval("momentum", momentum)
+    validate_weight_decay(adam_weight_decay, "adam_weight_decay")   # finite, >= 0 or None
+    check_nonnegative("adam_lr_ratio", adam_lr_ratio)
+    for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
+        _check_number(name, value)
+    if rms_rate is not None:
+        check_nonnegative("rms_rate", rms_rate)
+    if (isinstance(ns_steps, bool) or not isinstance(ns_steps, int)
+            or not 0 <= ns_steps <= MAX_NS_STEPS):
+        raise ValueError(f"`ns_steps` must be an integer in [0, {MAX_NS_STEPS}] (each step is "
+                         f"two matrix products per matrix). Received: ns_steps={ns_steps!r}")
+    _check_exclude_layers(exclude_layers)
+    if not isinstance(exclude_embeddings, bool):
+        raise ValueError("`exclude_embeddings` must be a bool. Received: "
+                         f"exclude_embeddings={exclude_embeddings!r}")
+    if not isinstance(nesterov, bool):
+        raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov!r}")
+
+
+@with_options(exclude=('state_dtype', 'min_quantized_size'))
 def muon(
     learning_rate=0.001,
     adam_beta_1: float = 0.9,
@@ -150,27 +178,11 @@ def muon(
     epsilon: float = 1e-7,
     weight_decay: float | None = 0.004,
     *,
-    exclude_layers: list[str] | None = None,
-    exclude_embeddings: bool = True,
-    muon_a: float = 3.4445,
-    muon_b: float = -4.7750,
-    muon_c: float = 2.0315,
-    adam_lr_ratio: float = 1,
-    momentum: float = 0.95,
-    ns_steps: int = 5,
-    nesterov: bool = True,
-    rms_rate: float | None = 0.2,
-    adam_mask: Any = None,
-    weight_decay_mask: Any = None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
+    exclude_layers: list[str] | None = None, exclude_embeddings: bool = True,
+    muon_a: float = 3.4445, muon_b: float = -4.7750, muon_c: float = 2.0315,
+    adam_lr_ratio: float = 1, momentum: float = 0.95, ns_steps: int = 5,
+    nesterov: bool = True, rms_rate: float | None = 0.2, adam_mask: Any = None,
+    options: Options,
 ) -> Transform:
     r"""Muon (MomentUm Orthogonalized by Newton–Schulz), as Keras 3 computes it.
 
@@ -253,91 +265,91 @@ def muon(
     (2024, github.com/KellerJordan/Muon); Liu et al., "Muon is Scalable for LLM Training"
     (2025, arXiv:2502.16982); `keras.optimizers.Muon`.
     """
-    check_unit_interval("adam_beta_1", adam_beta_1)
-    check_unit_interval("adam_beta_2", adam_beta_2)
-    check_nonnegative("epsilon", epsilon)
-    check_unit_interval("momentum", momentum)
-    validate_weight_decay(weight_decay)
-    validate_weight_decay(adam_weight_decay, "adam_weight_decay")   # finite, >= 0 or None
-    check_nonnegative("adam_lr_ratio", adam_lr_ratio)
-    for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
-        _check_number(name, value)
-    if rms_rate is not None:
-        check_nonnegative("rms_rate", rms_rate)
-    if (isinstance(ns_steps, bool) or not isinstance(ns_steps, int)
-            or not 0 <= ns_steps <= MAX_NS_STEPS):
-        raise ValueError(f"`ns_steps` must be an integer in [0, {MAX_NS_STEPS}] (each step is "
-                         f"two matrix products per matrix). Received: ns_steps={ns_steps!r}")
-    _check_exclude_layers(exclude_layers)
-    if not isinstance(exclude_embeddings, bool):
-        raise ValueError("`exclude_embeddings` must be a bool. Received: "
-                         f"exclude_embeddings={exclude_embeddings!r}")
-    if not isinstance(nesterov, bool):
-        raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov!r}")
+    _check_args(adam_beta_1=adam_beta_1, adam_beta_2=adam_beta_2, epsilon=epsilon,
+                momentum=momentum, adam_weight_decay=adam_weight_decay,
+                adam_lr_ratio=adam_lr_ratio, muon_a=muon_a, muon_b=muon_b, muon_c=muon_c,
+                rms_rate=rms_rate, ns_steps=ns_steps, exclude_layers=exclude_layers,
+                exclude_embeddings=exclude_embeddings, nesterov=nesterov)
 
     adam_step = adam_rule(adam_beta_1, adam_beta_2, epsilon, False).step
-
-    def muon_step(g, m, lr):
-        m = momentum * m + g
-        u = g + momentum * m if nesterov else m
-        scale = 1.0 if rms_rate is None else rms_rate * math.sqrt(max(g.shape))
-        return -(lr * orthogonalize(u, ns_steps, muon_a, muon_b, muon_c)) * scale, m
+    muon_step = functools.partial(_muon_step, momentum=momentum, nesterov=nesterov,
+                                  rms_rate=rms_rate, ns_steps=ns_steps,
+                                  coefficients=(muon_a, muon_b, muon_c))
+    cross_cutting = options.replace(weight_decay=None, weight_decay_mask=None)
 
     @functools.lru_cache(maxsize=8)
     def engine(adam: tuple[bool, ...], decay: tuple[float | None, ...]) -> Transform:
         """The transform for one static choice of branch and decay rate per leaf."""
-
-        def init(name, param, i):
-            dtype = state_dtype_for(param.dtype)
-            if name == "v" and not adam[i]:
-                return jnp.zeros((0,), dtype)
-            return jnp.zeros_like(param, dtype=dtype)
-
-        def step(g, s, lr, t, param=None, *, leaf, layout):
-            del layout
-            if adam[leaf]:
-                delta, new = adam_step(g, s, lr * adam_lr_ratio, t)
-            else:
-                delta, m = muon_step(g, s["m"], lr)
-                new = {"m": m, "v": s["v"]}
-            if decay[leaf]:   # Keras decays with the main learning rate on both branches
-                delta = delta - param * (decay[leaf] * lr)
-            return delta, new
-
-        rule = Rule(slots=("m", "v"), step=step, per_leaf=True, init=init, leaf_info=True,
-                    needs_params=any(decay))
-        return elementwise_transform(
-            rule, MuonState, learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-            use_ema=use_ema, ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-        )
+        rule = _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio)
+        return elementwise_transform(rule, MuonState, learning_rate, cross_cutting)
 
     engine((), ())   # validates the learning rate and the cross-cutting options now
+    rates = functools.partial(_decay_rates, weight_decay=weight_decay,
+                              adam_weight_decay=adam_weight_decay,
+                              mask=options.weight_decay_mask)
+    flags = functools.partial(_branch_flags, exclude_layers=exclude_layers,
+                              exclude_embeddings=exclude_embeddings, adam_mask=adam_mask)
+    return _branching(engine, rates, flags)
 
-    def decay_rates(adam, params, treedef):
-        if not (weight_decay or adam_weight_decay):
-            return (None,) * len(adam)
-        if params is None:
-            raise ValueError(
-                "Muon applies weight decay (weight_decay and adam_weight_decay are 0.004 by "
-                "default), so update() needs `params`: call update(grads, state, params), "
-                "or pass weight_decay=None, adam_weight_decay=None."
-            )
-        use = resolve_mask(weight_decay_mask, params, treedef)
-        return tuple((adam_weight_decay if a else weight_decay) if u else None
-                     for a, u in zip(adam, use))
+
+def _muon_step(g, m, lr, *, momentum, nesterov, rms_rate, ns_steps, coefficients):
+    """Muon's momentum and orthogonalised step on one matrix: `(delta, new m)`."""
+    m = momentum * m + g
+    u = g + momentum * m if nesterov else m
+    scale = 1.0 if rms_rate is None else rms_rate * math.sqrt(max(g.shape))
+    return -(lr * orthogonalize(u, ns_steps, *coefficients)) * scale, m
+
+
+def _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio) -> Rule:
+    """The per-leaf rule: AdamW where `adam[leaf]`, else Muon; decay rate `decay[leaf]`."""
+
+    def init(name, param, i):
+        dtype = state_dtype_for(param.dtype)
+        if name == "v" and not adam[i]:
+            return jnp.zeros((0,), dtype)
+        return jnp.zeros_like(param, dtype=dtype)
+
+    def step(g, s, lr, t, param=None, *, leaf, layout):
+        del layout
+        if adam[leaf]:
+            delta, new = adam_step(g, s, lr * adam_lr_ratio, t)
+        else:
+            delta, m = muon_step(g, s["m"], lr)
+            new = {"m": m, "v": s["v"]}
+        if decay[leaf]:   # Keras decays with the main learning rate on both branches
+            delta = delta - param * (decay[leaf] * lr)
+        return delta, new
+
+    return Rule(slots=("m", "v"), step=step, per_leaf=True, init=init, leaf_info=True,
+                needs_params=any(decay))
+
+
+def _decay_rates(adam, params, treedef, *, weight_decay, adam_weight_decay, mask):
+    """The decay rate of each leaf (None: no decay), a static tuple."""
+    if not (weight_decay or adam_weight_decay):
+        return (None,) * len(adam)
+    if params is None:
+        raise ValueError(
+            "Muon applies weight decay (weight_decay and adam_weight_decay are 0.004 by "
+            "default), so update() needs `params`: call update(grads, state, params), "
+            "or pass weight_decay=None, adam_weight_decay=None."
+        )
+    use = resolve_mask(mask, params, treedef)
+    return tuple((adam_weight_decay if a else weight_decay) if u else None
+                 for a, u in zip(adam, use))
+
+
+def _branching(engine, rates, flags) -> Transform:
+    """Muon's transform: the engine of the params' static branches and decay rates."""
 
     def init_fn(params):
-        adam, treedef = _branch_flags(params, exclude_layers, exclude_embeddings, adam_mask)
-        return engine(adam, decay_rates(adam, params, treedef)).init(params)
+        adam, treedef = flags(params)
+        return engine(adam, rates(adam, params, treedef)).init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args   # accepted and ignored, as optax's GradientTransformationExtraArgs
         m, v = state.m.layout, state.v.layout   # a Muon leaf's `v` is an empty (0,) Stub
         adam = tuple(a == b for a, b in zip(v.shapes, m.shapes))
-        return engine(adam, decay_rates(adam, params, m.treedef)).update(updates, state, params)
+        return engine(adam, rates(adam, params, m.treedef)).update(updates, state, params)
 
     return Transform(init_fn, update_fn)

@@ -174,6 +174,49 @@ def _sorted_labels(labels) -> list:
             f"other, as pytree dict keys are. Received: {list(labels)!r}") from e
 
 
+def _checked_transforms(transforms) -> dict:
+    """`transforms` with None and 'frozen' replaced by `frozen()`, in label order."""
+    if not isinstance(transforms, Mapping) or not transforms:
+        raise TypeError(
+            "partition: `transforms` must be a non-empty dict from label to transform. "
+            f"Received: transforms={transforms!r}")
+    txs = {}
+    for label in _sorted_labels(transforms):
+        tx = transforms[label]
+        if tx is None or (isinstance(tx, str) and tx == "frozen"):
+            tx = frozen()
+        elif not (hasattr(tx, "init") and hasattr(tx, "update")):
+            raise TypeError(
+                f"partition: transforms[{label!r}] must be a transform with init/update, "
+                f"None or 'frozen'. Received: {tx!r}")
+        txs[label] = tx
+    return txs
+
+
+def _leaf_labels(tree, labels, txs) -> tuple[Any, list]:
+    """`(treedef, labels)`: `tree` flattened with `None` leaves kept, one label each."""
+    treedef = jax.tree.structure(tree, is_leaf=_is_none)
+    if treedef.num_leaves == 0:   # no leaf to label (optax.tree.map_params's placeholder)
+        return treedef, []
+    given = labels(tree) if callable(labels) else labels
+    try:   # broadcast a label on a subtree to all the subtree's leaves
+        full = jax.tree.map(
+            lambda lab, sub: jax.tree.map(lambda _: lab, sub, is_leaf=_is_none),
+            given, tree, is_leaf=_is_none)
+        flat = treedef.flatten_up_to(full)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            "partition: the labels must have the structure of params (or of a prefix "
+            f"of it). Params have {treedef}; received labels {given!r}.") from e
+    for i, label in enumerate(flat):
+        if not isinstance(label, Hashable) or label not in txs:
+            paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+            raise ValueError(
+                f"partition: the leaf at path {_path_str(paths[i][0])!r} has the label "
+                f"{label!r}, which is not a key of `transforms` ({list(txs)}).")
+    return treedef, flat
+
+
 def partition(transforms: Mapping[Hashable, Transform | str | None],
               labels: PyTree | Callable[[PyTree], PyTree]) -> Transform:
     r"""Run a different transform on each labelled part of the parameter tree.
@@ -225,43 +268,10 @@ def partition(transforms: Mapping[Hashable, Transform | str | None],
     Reference: `optax.multi_transform` (here the state is a named `PartitionState` with a
     step count, and a frozen label needs no transform of its own).
     """
-    if not isinstance(transforms, Mapping) or not transforms:
-        raise TypeError(
-            "partition: `transforms` must be a non-empty dict from label to transform. "
-            f"Received: transforms={transforms!r}")
-    txs = {}
-    for label in _sorted_labels(transforms):
-        tx = transforms[label]
-        if tx is None or (isinstance(tx, str) and tx == "frozen"):
-            tx = frozen()
-        elif not (hasattr(tx, "init") and hasattr(tx, "update")):
-            raise TypeError(
-                f"partition: transforms[{label!r}] must be a transform with init/update, "
-                f"None or 'frozen'. Received: {tx!r}")
-        txs[label] = tx
+    txs = _checked_transforms(transforms)
 
     def leaf_labels(tree) -> tuple[Any, list]:
-        """`(treedef, labels)`: `tree` flattened with `None` leaves kept, one label each."""
-        treedef = jax.tree.structure(tree, is_leaf=_is_none)
-        if treedef.num_leaves == 0:   # no leaf to label (optax.tree.map_params's placeholder)
-            return treedef, []
-        given = labels(tree) if callable(labels) else labels
-        try:   # broadcast a label on a subtree to all the subtree's leaves
-            full = jax.tree.map(
-                lambda lab, sub: jax.tree.map(lambda _: lab, sub, is_leaf=_is_none),
-                given, tree, is_leaf=_is_none)
-            flat = treedef.flatten_up_to(full)
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                "partition: the labels must have the structure of params (or of a prefix "
-                f"of it). Params have {treedef}; received labels {given!r}.") from e
-        for i, label in enumerate(flat):
-            if not isinstance(label, Hashable) or label not in txs:
-                paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
-                raise ValueError(
-                    f"partition: the leaf at path {_path_str(paths[i][0])!r} has the label "
-                    f"{label!r}, which is not a key of `transforms` ({list(txs)}).")
-        return treedef, flat
+        return _leaf_labels(tree, labels, txs)
 
     def masked(treedef, leaves, flat, label):
         return treedef.unflatten(

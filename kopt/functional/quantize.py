@@ -268,12 +268,16 @@ def blockwise_step(step: Callable, g: jax.Array, slots: dict[str, Quantized], pa
       blocks as a reshape of the flat arrays, and a partial last block, zero-padded, in a
       call of its own (padding the whole array would be written out). The padding is
       state of phantom elements with zero gradient and param, whose updates are dropped.
+
+    A slot given as a plain array (one that a `Rule` keeps in full precision) is read
+    and returned as a float32 array shaped like `g`, from the flat view.
     """
-    first = next(iter(slots.values()))
+    first = next(q for q in slots.values() if isinstance(q, Quantized))
     nb, bs = first.codes.shape
     size = int(np.prod(first.shape, dtype=np.int64))
     full = size // bs
-    names = list(slots)
+    names = [n for n, q in slots.items() if isinstance(q, Quantized)]
+    plain = {n: jnp.ravel(q).astype(jnp.float32) for n, q in slots.items() if n not in names}
     g_flat = jnp.ravel(g).astype(jnp.float32)
     p_flat = None if param is None else jnp.ravel(param).astype(jnp.float32)
 
@@ -281,7 +285,8 @@ def blockwise_step(step: Callable, g: jax.Array, slots: dict[str, Quantized], pa
         scale = jnp.broadcast_to(q.absmax[:, None], q.codes.shape).reshape(-1)[:size]
         return decode(q.codes.reshape(-1)[:size], q.signed) * scale
 
-    delta, _ = step(g_flat, {n: flat_values(q) for n, q in slots.items()}, p_flat)
+    delta, new_flat = step(g_flat, {n: plain[n] if n in plain else flat_values(q)
+                                    for n, q in slots.items()}, p_flat)
 
     def new_blocks(rows, lo, hi):
         """Requantised new slots of blocks `rows`, which hold flat elements `lo:hi`."""
@@ -290,8 +295,9 @@ def blockwise_step(step: Callable, g: jax.Array, slots: dict[str, Quantized], pa
             if hi - lo < (rows.stop - rows.start) * bs:
                 x = jnp.pad(x, (0, (rows.stop - rows.start) * bs - (hi - lo)))
             return x.reshape(-1, bs)
-        values = {n: decode(q.codes[rows], q.signed) * q.absmax[rows, None]
-                  for n, q in slots.items()}
+        values = {n: decode(slots[n].codes[rows], slots[n].signed)
+                  * slots[n].absmax[rows, None] for n in names}
+        values.update({n: view(x) for n, x in plain.items()})
         _, new = step(view(g_flat), values, None if p_flat is None else view(p_flat))
         return _requantize([new[n].astype(jnp.float32) for n in names],
                            [slots[n].signed for n in names],
@@ -307,6 +313,7 @@ def blockwise_step(step: Callable, g: jax.Array, slots: dict[str, Quantized], pa
         for (c1, m1), (c2, m2) in zip(*pieces)]
     new_slots = {n: Quantized(c, m, slots[n].shape, slots[n].signed)
                  for n, (c, m) in zip(names, packed)}
+    new_slots.update({n: new_flat[n].reshape(g.shape) for n in plain})
     return delta.reshape(g.shape), new_slots
 
 

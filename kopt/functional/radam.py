@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import (
     check_nonnegative,
     check_number,
@@ -63,6 +63,7 @@ def _sma_length(beta_2: float):
     return rho
 
 
+@with_options
 def radam(
     learning_rate=0.001,
     beta_1: float = 0.9,
@@ -70,19 +71,7 @@ def radam(
     epsilon: float = 1e-8,
     threshold: float = 5.0,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""Rectified Adam (RAdam): SGD with momentum until Adam's step variance is tractable.
 
@@ -165,11 +154,5 @@ def radam(
 
     rule = Rule(slots=("m", "v"), step=step, nonnegative=("v",))
     return elementwise_transform(
-        rule, RAdamState, learning_rate,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
+        rule, RAdamState, learning_rate, options,
     )

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform, by_slot
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_nonnegative, check_unit_interval, maybe_nonzero
 
 __all__ = ["rmsprop", "RMSpropState"]
@@ -28,6 +28,7 @@ class RMSpropState(NamedTuple):
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
+@with_options
 def rmsprop(
     learning_rate=0.001,
     rho: float = 0.9,
@@ -35,19 +36,7 @@ def rmsprop(
     epsilon: float = 1e-7,
     centered: bool = False,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""RMSprop with Keras 3's formula; epsilon sits inside the square root.
 
@@ -83,15 +72,6 @@ def rmsprop(
     check_unit_interval("rho", rho)
     check_unit_interval("momentum", momentum)
     check_nonnegative("epsilon", epsilon)
-    common = dict(
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
-    )
-
     def increment(g, new, lr):
         if centered:
             denominator = new["rms"] - jnp.square(new["mg"]) + epsilon
@@ -115,7 +95,7 @@ def rmsprop(
             return update(g, new, lr, t), new
 
         rule = Rule(slots=slots, step=step, nonnegative=("rms",), update=update)
-        return lambda: elementwise_transform(rule, RMSpropState, learning_rate, **common)
+        return lambda: elementwise_transform(rule, RMSpropState, learning_rate, options)
 
     if isinstance(momentum, jax.Array):   # optax.inject_hyperparams: the state decides
         return by_slot("momentum", build(True), build(False), maybe_nonzero(momentum))

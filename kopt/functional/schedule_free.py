@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import (
     check_int,
     check_nonnegative,
@@ -37,6 +38,7 @@ def _check_beta_1(beta_1):
         "(y - (1 - beta_1) z) / beta_1."))
 
 
+@with_options(exclude=('state_dtype', 'min_quantized_size'))
 def schedule_free_adamw(
     learning_rate=0.0025,
     beta_1: float = 0.9,
@@ -44,17 +46,7 @@ def schedule_free_adamw(
     epsilon: float = 1e-8,
     warmup_steps: int = 0,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
+    options: Options,
 ) -> Transform:
     r"""Schedule-Free AdamW, in Keras 3's form.
 
@@ -129,12 +121,7 @@ def schedule_free_adamw(
 
     tx = elementwise_transform(
         Rule(slots=("z", "v"), step=step, needs_params=True), ScheduleFreeAdamWState,
-        learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-        clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-        bucket_threshold=bucket_threshold, use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-    )
+        learning_rate, options)
 
     def init_fn(params):
         state = tx.init(params)

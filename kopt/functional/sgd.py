@@ -7,9 +7,9 @@ from typing import NamedTuple
 import jax
 
 from kopt.functional.base import Transform, by_slot
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
+from kopt.functional.options import Options, with_options
 from kopt.functional.validation import check_unit_interval, maybe_nonzero
 
 __all__ = ["sgd", "SGDState"]
@@ -25,24 +25,13 @@ class SGDState(NamedTuple):
     micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
+@with_options
 def sgd(
     learning_rate=0.01,
     momentum: float = 0.0,
     nesterov: bool = False,
     *,
-    weight_decay: float | None = None,
-    weight_decay_mask=None,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    bucket_threshold: int | None = DEFAULT_BUCKET_THRESHOLD,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: int | None = None,
-    loss_scale_factor: float | None = None,
-    gradient_accumulation_steps: int | None = None,
-    state_dtype: str | None = None,
-    min_quantized_size: int = MIN_QUANTIZED_SIZE,
+    options: Options,
 ) -> Transform:
     r"""Stochastic gradient descent, with Keras 3's momentum formulation.
 
@@ -69,6 +58,8 @@ def sgd(
         `optax.inject_hyperparams`, whether the slot exists is decided by the value at
         `init` (see `kopt.functional.base.by_slot`).
       nesterov: use Nesterov momentum. Default False.
+      The cross-cutting arguments below (from `weight_decay` on) are the fields of
+      `kopt.functional.Options`, shared by every optimizer.
       weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
       weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
         that decay. Default None (all).
@@ -114,15 +105,6 @@ def sgd(
     Reference: `keras.optimizers.SGD` (Keras 3).
     """
     check_unit_interval("momentum", momentum)
-    common = dict(
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, bucket_threshold=bucket_threshold,
-        use_ema=use_ema, ema_momentum=ema_momentum,
-        ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        state_dtype=state_dtype, min_quantized_size=min_quantized_size,
-    )
-
     def build(has_slot):
         def update(g, new, lr, t):
             del t
@@ -136,7 +118,7 @@ def sgd(
             return update(g, new, lr, t), new
 
         rule = Rule(slots=("momentum",) if has_slot else (), step=step, update=update)
-        return lambda: elementwise_transform(rule, SGDState, learning_rate, **common)
+        return lambda: elementwise_transform(rule, SGDState, learning_rate, options)
 
     if isinstance(momentum, jax.Array):   # optax.inject_hyperparams: the state decides
         return by_slot("momentum", build(True), build(False), maybe_nonzero(momentum))
