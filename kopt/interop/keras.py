@@ -54,7 +54,7 @@ import keras
 from kopt.functional.base import iteration_count
 from kopt.functional.buckets import Packed
 from kopt.functional.quantize import Quantized
-from kopt.stateful import registry
+from kopt.stateful import serialization
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer, _times
 from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer, _var_name
@@ -209,7 +209,7 @@ class KoptOptimizer(keras.optimizers.Optimizer):
     def __init__(self, optimizer, name=None):
         _check_backend()
         if isinstance(optimizer, (str, dict)):
-            optimizer = registry.get(optimizer)
+            optimizer = serialization.get(optimizer)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 "kopt.interop.keras.wrap expects a kopt optimizer (e.g. "
@@ -425,13 +425,13 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         self._push()
 
     def get_config(self):
-        return {"name": self.name, "optimizer": registry.serialize(self._kopt)}
+        return {"name": self.name, "optimizer": serialization.serialize(self._kopt)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         del custom_objects
         config = dict(config)
-        return cls(registry.deserialize(config.pop("optimizer")), **config)
+        return cls(serialization.deserialize(config.pop("optimizer")), **config)
 
 
 def wrap(optimizer, name=None) -> KoptOptimizer:

@@ -11,7 +11,7 @@ from kopt.stateful.optimizer import Optimizer, _var_name
 __all__ = ["LARS"]
 
 
-class LARS(Optimizer):
+class LARS(Optimizer, factory=lars):
     """LARS (You et al., 2017): momentum SGD with a layer-wise trust ratio.
 
     The update rule, arguments and defaults are those of `kopt.functional.lars` (whose
@@ -38,8 +38,6 @@ class LARS(Optimizer):
       >>> int(opt.apply_gradients(zip(grads, [w, b])))
       1
     """
-
-    _factory = staticmethod(lars)
 
     def __init__(
         self,

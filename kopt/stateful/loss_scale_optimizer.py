@@ -12,9 +12,11 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
+from kopt.stateful import registry
 from kopt.stateful.multi_optimizer import MultiOptimizer, keras_codec
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.variable import LOCK
 
 __all__ = ["LossScaleOptimizer"]
@@ -357,14 +359,12 @@ class LossScaleOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
-        from kopt.stateful.registry import serialize
         return {"name": self.name, "inner_optimizer": serialize(self.inner_optimizer),
                 "initial_scale": self.initial_scale,
                 "dynamic_growth_steps": self.dynamic_growth_steps}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        from kopt.stateful.registry import check_config_tree, deserialize
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
         check_config_tree(config)
@@ -433,3 +433,6 @@ def _times(loss, scale):
     loss = jnp.asarray(loss)
     wide = state_dtype_for(loss.dtype)
     return loss.astype(wide) * scale.astype(wide)
+
+
+registry.register(LossScaleOptimizer, "config_only")

@@ -21,8 +21,10 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
+from kopt.stateful import registry
 from kopt.stateful.optimizer import Optimizer, _check_grads, _entry_value, _is_variable, _var_name
 from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.transform_optimizer import _iteration_count
 from kopt.stateful.variable import LOCK
 
@@ -187,14 +189,12 @@ class OptimizerMap(MutableMapping):
         return self[_var_name(variable)]
 
     def get_config(self) -> dict[str, Any]:
-        from kopt.stateful.registry import serialize
         default = self._default_optimizer
         return {"default_optimizer": None if default is None else serialize(default),
                 "optimizer_map": {k: serialize(o) for k, o in self._optimizer_map.items()}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OptimizerMap:
-        from kopt.stateful.registry import check_config_tree, deserialize
         if not isinstance(config, dict):
             raise TypeError(f"OptimizerMap.from_config expects a dict. Received: {config!r}"[:300])
         check_config_tree(config)
@@ -727,7 +727,6 @@ class MultiOptimizer(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MultiOptimizer:
-        from kopt.stateful.registry import check_config_tree
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
         check_config_tree(config)
@@ -740,3 +739,6 @@ class MultiOptimizer(Optimizer):
         config["optimizer_map"] = OptimizerMap.from_config(config["optimizer_map"])
         return cls(**config)
 
+
+
+registry.register(MultiOptimizer, "config_only")

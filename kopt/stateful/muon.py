@@ -9,7 +9,7 @@ from kopt.stateful.optimizer import Optimizer, _var_name
 __all__ = ["Muon"]
 
 
-class Muon(Optimizer):
+class Muon(Optimizer, factory=muon):
     """Muon for matrices, AdamW for the rest, as `keras.optimizers.Muon`.
 
     The update rule, arguments and defaults are those of `kopt.functional.muon` (whose
@@ -37,7 +37,6 @@ class Muon(Optimizer):
       [(), (4, 3), (3,), (0,), (3,)]
     """
 
-    _factory = staticmethod(muon)
     _keras_slot_groups = (("m", "v"),)
 
     def __init__(

@@ -27,7 +27,8 @@ from kopt.functional.learning_rate import as_learning_rate, resolve_learning_rat
 from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
 from kopt.interop.flax import nnx_gradient_hint
-from kopt.stateful import multihost
+from kopt.stateful import multihost, registry
+from kopt.stateful.derived import derived_init
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import LOCK, Variable
@@ -204,11 +205,22 @@ def _unflatten_entries(entries, flat, template):
 class Optimizer:
     """Base class of kopt's stateful optimizers.
 
-    Subclasses pass their own hyperparameters as `hyper` and set `_factory`, the
-    `kopt.functional` function with the same arguments.
+    A subclass names its functional factory, `class Adam(Optimizer,
+    factory=functional.adam)`, and gets a constructor derived from the factory's
+    signature (`kopt.stateful.derived`). One that needs a different constructor defines
+    `__init__` and passes its hyperparameters as `hyper`.
     """
 
     _factory = None
+
+    def __init_subclass__(cls, factory=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if factory is not None:
+            cls._factory = staticmethod(factory)
+            if "__init__" not in cls.__dict__:
+                cls.__init__ = derived_init(cls, factory)
+            if cls.__module__.startswith("kopt."):   # kopt's own: `get('adam')` finds it
+                registry.register(cls)
 
     def __init__(self, learning_rate, hyper: dict[str, Any] | None = None,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
@@ -341,8 +353,7 @@ class Optimizer:
 
         See `kopt.stateful.transform_optimizer.TransformOptimizer`.
         """
-        from kopt.stateful.transform_optimizer import TransformOptimizer
-        return TransformOptimizer(tx, name=name)
+        return registry.wrapper("TransformOptimizer")(tx, name=name)
 
     @property
     def transform(self):

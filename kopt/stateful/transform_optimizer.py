@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kopt.functional.base import Transform, iteration_count
+from kopt.stateful import registry
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["TransformOptimizer", "TransformState"]
@@ -287,3 +288,6 @@ class TransformOptimizer(Optimizer):
             "closures. Save opt.state (e.g. with orbax) or opt.get_weights(), and restore it "
             "into Optimizer.from_transform(tx) built on the same variables."
         )
+
+
+registry.register(TransformOptimizer, "internal")
