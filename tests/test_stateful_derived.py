@@ -4,6 +4,7 @@ The constructor signatures below were recorded from the hand-written constructor
 they were replaced by derived ones: the derived signatures must match them exactly.
 """
 
+import doctest
 import inspect
 import pathlib
 import warnings
@@ -108,3 +109,19 @@ def test_factory_without_defaults_is_refused():
     with pytest.raises(TypeError, match="Received arguments without one: \\['learning_rate', 'beta'\\]"):
         class Bad(Optimizer, factory=rule):
             pass
+
+
+@pytest.mark.parametrize("name", sorted(set(RECORDED) - KEEP_CONSTRUCTOR))
+def test_docstring_completed_from_the_factory_and_its_example_runs(name):
+    cls = getattr(kopt.optimizers, name)
+    doc = cls.__doc__
+    assert f"`kopt.functional.{cls._factory.__name__}`" in doc
+    assert doc.count("Example:") == 1
+    assert ("`state_dtype`" in doc) == ("state_dtype" in inspect.signature(cls).parameters)
+    tests = doctest.DocTestFinder().find(cls, name, globs={})
+    examples = [t for t in tests if t.examples]
+    assert examples
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for t in examples:
+        runner.run(t)
+    assert runner.failures == 0

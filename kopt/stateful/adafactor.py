@@ -11,9 +11,6 @@ __all__ = ["Adafactor"]
 class Adafactor(Optimizer, factory=adafactor):
     """Adafactor with factored second moments, as `keras.optimizers.Adafactor`.
 
-    The update rule, arguments and defaults are those of `kopt.functional.adafactor`
-    (whose docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
-
     `get_weights()`: `[iterations, r of every variable, c of every variable, v of every
     variable]`. For a variable of rank >= 2, `r` has the shape `shape[:-1]` and `c` the
     shape `shape[:-2] + shape[-1:]`; for rank < 2 both are 0-d zeros (Keras's

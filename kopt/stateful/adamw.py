@@ -9,20 +9,6 @@ __all__ = ["AdamW"]
 
 
 class AdamW(Optimizer, factory=functional.adamw):
-    """Adam with decoupled weight decay (default 0.004), as `keras.optimizers.AdamW`.
-
-    The update rule, arguments and defaults are those of `kopt.functional.adamw` (whose
-    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
-    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
-    element; see `kopt.functional.sgd` and `get_weights` for the layout.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, kopt
-      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
-      >>> opt = kopt.optimizers.AdamW()
-      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
-      >>> int(opt.apply_gradients([(grads, w)]))
-      1
-    """
+    """Adam with decoupled weight decay (default 0.004), as `keras.optimizers.AdamW`."""
 
     _keras_slot_groups = (("m", "v"), ("vhat",))

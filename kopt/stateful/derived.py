@@ -18,9 +18,11 @@ build.
 from __future__ import annotations
 
 import inspect
+import textwrap
 from collections.abc import Callable
 
-__all__ = ["COMMON_ARGS", "constructor_signature", "derived_init", "hyper_names"]
+__all__ = ["COMMON_ARGS", "constructor_signature", "derived_doc", "derived_init",
+           "hyper_names"]
 
 COMMON_ARGS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
                "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
@@ -86,3 +88,31 @@ def derived_init(cls: type, factory: Callable) -> Callable:
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     __init__.__module__ = cls.__module__
     return __init__
+
+
+_EXAMPLE = """Example:
+  >>> import jax, jax.numpy as jnp, kopt
+  >>> w = kopt.Variable(jnp.ones((3,)), name="w")
+  >>> opt = kopt.optimizers.{name}()
+  >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
+  >>> int(opt.apply_gradients([(grads, w)]))
+  1"""
+
+
+def derived_doc(cls: type, factory: Callable) -> str:
+    """`cls`'s docstring, completed: after its first paragraph, where the maths and the
+    arguments are documented (and the `state_dtype` note when the factory takes it);
+    at the end, a standard example unless the docstring has one."""
+    doc = inspect.cleandoc(cls.__doc__ or cls.__name__)
+    head, _, rest = doc.partition("\n\n")
+    about = (f"The update rule, arguments and defaults are those of "
+             f"`kopt.functional.{factory.__name__}` (whose docstring gives the maths); the "
+             "rest is the `kopt.optimizers.Optimizer` facade.")
+    if "state_dtype" in inspect.signature(factory).parameters:
+        about += (" `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 "
+                  "byte per element; see `kopt.functional.sgd` and `get_weights` for the "
+                  "layout.")
+    parts = [head, textwrap.fill(about, 88), rest]
+    if "Example:" not in doc:
+        parts.append(_EXAMPLE.format(name=cls.__name__))
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -22,7 +22,7 @@ from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
 from kopt.stateful import registry
-from kopt.stateful.optimizer import Optimizer, _check_grads, _entry_value, _is_variable, _var_name
+from kopt.stateful.optimizer import Optimizer, _check_grads, _is_variable, _var_name
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.transform_optimizer import _iteration_count
@@ -86,17 +86,6 @@ def _set_loss_scale_factor(opt: Optimizer, value) -> None:
     opt._transform = opt._make_transform(opt._mask)
     if opt.built:
         opt._compile()
-
-
-def keras_codec(opt: Optimizer):
-    """`(n, unflatten, flatten)` for Keras's flat form of `opt.variables`: `n` arrays,
-    `unflatten(flat) -> state` and `flatten(state) -> flat` (both traceable)."""
-    own = getattr(opt, "_keras_codec", None)
-    if own is not None:
-        return own()
-    entries = opt._keras_entries()
-    return (len(entries), lambda flat: opt._unflatten(entries, list(flat)),
-            lambda state: [_entry_value(state, e) for e in entries])
 
 
 class OptimizerMap(MutableMapping):
@@ -383,12 +372,8 @@ class MultiOptimizer(Optimizer):
             raise ValueError("build() received no variables.")
         if len({id(v) for v in variables}) != len(variables):
             raise ValueError("build() received the same Variable more than once.")
-        if self.built:
-            if [id(v) for v in variables] == [id(v) for v in self._vars]:
-                return
-            raise ValueError(
-                f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
-                "it cannot be rebuilt with a different set. Create a new optimizer.")
+        if self._built_with(variables):
+            return
         # Everything that can fail is checked before any inner optimizer changes.
         inner = list(self._inner)
         owned: list[list[int]] = [[] for _ in inner]
@@ -596,12 +581,8 @@ class MultiOptimizer(Optimizer):
         if not self.built:
             return
         groups: dict[int, list] = {}
-        for v in var_list:
-            i = self._index.get(id(v))
-            if i is None or self._vars[i] is not v:
-                raise ValueError(
-                    f"finalize_variable_values: variable {_var_name(v)!r} is not among the "
-                    f"variables optimizer {self.name!r} was built with.")
+        var_list = list(var_list)
+        for v, i in zip(var_list, self._built_indices(var_list, "finalize_variable_values")):
             groups.setdefault(self._labels[i], []).append(v)
         for k, vs in groups.items():
             self._inner[k].finalize_variable_values(vs)
@@ -635,7 +616,7 @@ class MultiOptimizer(Optimizer):
             return out
 
     def _keras_codec(self):
-        codecs = [(k, keras_codec(opt)) for k, opt, _ in self._active]
+        codecs = [(k, opt._keras_codec()) for k, opt, _ in self._active]
         n = 1 + sum(c[0] for _, c in codecs)
 
         def unflatten(flat):
@@ -661,18 +642,7 @@ class MultiOptimizer(Optimizer):
         `PartitionState`), or Keras's with the flat list of the values of `opt.variables`
         (see the base class)."""
         self._sync()
-        if not self.built or isinstance(optimizer_variables, PartitionState) or not isinstance(
-                optimizer_variables, (list, tuple)):
-            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        n, unflatten, flatten = self._keras_codec()
-        if len(optimizer_variables) != n:
-            raise ValueError(
-                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
-                f"to {type(self).__name__}().variables. Received list with length "
-                f"{len(optimizer_variables)}, but expected {n} variables.")
-        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
-        values, state = super().stateless_apply(state, grads, trainable_variables)
-        return values, flatten(state)
+        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     def _weight_arrays(self) -> list:
         out = [self._count]

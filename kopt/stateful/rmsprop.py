@@ -9,20 +9,6 @@ __all__ = ["RMSprop"]
 
 
 class RMSprop(Optimizer, factory=functional.rmsprop):
-    """RMSprop (epsilon inside the square root), as `keras.optimizers.RMSprop`.
-
-    The update rule, arguments and defaults are those of `kopt.functional.rmsprop` (whose
-    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
-    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
-    element; see `kopt.functional.sgd` and `get_weights` for the layout.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, kopt
-      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
-      >>> opt = kopt.optimizers.RMSprop()
-      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
-      >>> int(opt.apply_gradients([(grads, w)]))
-      1
-    """
+    """RMSprop (epsilon inside the square root), as `keras.optimizers.RMSprop`."""
 
     _keras_slot_names = {"rms": "velocity", "mg": "average_gradient"}

@@ -9,8 +9,7 @@ __all__ = ["ScheduleFreeAdamW"]
 
 
 class ScheduleFreeAdamW(Optimizer, factory=schedule_free_adamw):
-    """Schedule-Free AdamW, as `keras.optimizers.ScheduleFreeAdamW`; the update rule,
-    arguments and defaults are those of `kopt.functional.schedule_free_adamw`.
+    """Schedule-Free AdamW, as `keras.optimizers.ScheduleFreeAdamW`.
 
     The variables hold the training point `y`; evaluate (or export) at the average `x`,
     which `eval_values()` returns, then put the training values back. `get_weights()`:
@@ -21,7 +20,8 @@ class ScheduleFreeAdamW(Optimizer, factory=schedule_free_adamw):
       >>> import jax, jax.numpy as jnp, kopt
       >>> w = kopt.Variable(jnp.ones((3,)), name="w")
       >>> opt = kopt.optimizers.ScheduleFreeAdamW()
-      >>> int(opt.apply_gradients([(2 * w.value, w)]))
+      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
+      >>> int(opt.apply_gradients([(grads, w)]))
       1
       >>> train = w.value
       >>> _ = w.assign(opt.eval_values()[0])    # evaluate at x ...

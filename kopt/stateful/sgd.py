@@ -9,18 +9,4 @@ __all__ = ["SGD"]
 
 
 class SGD(Optimizer, factory=functional.sgd):
-    """Gradient descent with optional (Nesterov) momentum, as `keras.optimizers.SGD`.
-
-    The update rule, arguments and defaults are those of `kopt.functional.sgd` (whose
-    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
-    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
-    element; see `kopt.functional.sgd` and `get_weights` for the layout.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, kopt
-      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
-      >>> opt = kopt.optimizers.SGD()
-      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
-      >>> int(opt.apply_gradients([(grads, w)]))
-      1
-    """
+    """Gradient descent with optional (Nesterov) momentum, as `keras.optimizers.SGD`."""
