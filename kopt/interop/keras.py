@@ -57,8 +57,8 @@ from kopt.functional.quantize import Quantized
 from kopt.stateful import serialization
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer, _times
 from kopt.stateful.multi_optimizer import MultiOptimizer
-from kopt.stateful.optimizer import Optimizer, _var_name
-from kopt.stateful.variable import LOCK
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import LOCK, variable_name
 
 __all__ = ["wrap", "KoptOptimizer"]
 
@@ -107,7 +107,7 @@ def _state_names(state, variables) -> list[str]:
             for i, leaf in enumerate(node.leaves):
                 if leaf is None:
                     continue
-                base = f"{_sanitize(_var_name(variables[i]))}_{field}"
+                base = f"{_sanitize(variable_name(variables[i]))}_{field}"
                 # A block-wise quantised slot is two arrays: codes and scales.
                 names += ([base + "_codes", base + "_scales"] if isinstance(leaf, Quantized)
                           else [base])

@@ -6,7 +6,8 @@ import re
 
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.lars import lars
-from kopt.stateful.optimizer import Optimizer, _var_name
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import variable_name
 
 __all__ = ["LARS"]
 
@@ -94,7 +95,7 @@ class LARS(Optimizer, factory=lars):
         patterns = hyper.pop("exclude_from_layer_adaptation")
         adapt = None
         if patterns and self._vars is not None:
-            adapt = tuple(not any(re.search(p, _var_name(v)) for p in patterns)
+            adapt = tuple(not any(re.search(p, variable_name(v)) for p in patterns)
                           for v in self._vars)
         return lars(
             learning_rate=self._learning_rate, **hyper, **self._common_kwargs(),

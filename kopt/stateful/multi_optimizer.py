@@ -22,11 +22,11 @@ from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
 from kopt.stateful import registry
-from kopt.stateful.optimizer import Optimizer, _check_grads, _is_variable, _var_name
+from kopt.stateful.optimizer import Optimizer, _check_grads
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.transform_optimizer import _iteration_count
-from kopt.stateful.variable import LOCK
+from kopt.stateful.variable import LOCK, is_variable_like, variable_name
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
@@ -175,7 +175,7 @@ class OptimizerMap(MutableMapping):
 
     def __call__(self, variable) -> Optimizer:
         """The optimizer of `variable`, looked up by its path or name."""
-        return self[_var_name(variable)]
+        return self[variable_name(variable)]
 
     def get_config(self) -> dict[str, Any]:
         default = self._default_optimizer
@@ -313,14 +313,14 @@ class MultiOptimizer(Optimizer):
                     f"Received: {pair!r}")
             opt, variables = pair
             _check_type(opt, f"The optimizer of optimizer_map entry {i}")
-            variables = [variables] if _is_variable(variables) else list(variables)
+            variables = [variables] if is_variable_like(variables) else list(variables)
             for v in variables:
-                if not _is_variable(v):
+                if not is_variable_like(v):
                     raise TypeError(
                         f"optimizer_map entry {i} holds {type(v).__name__}, not a variable.")
                 if id(v) in owner:
                     raise ValueError(
-                        f"Variable {_var_name(v)!r} is claimed by two optimizers "
+                        f"Variable {variable_name(v)!r} is claimed by two optimizers "
                         f"({owner[id(v)][1].name!r} and {opt.name!r}); give it to one only.")
                 owner[id(v)] = (v, opt)
             out.append((opt, variables))
@@ -343,13 +343,13 @@ class MultiOptimizer(Optimizer):
                    "it matches no key of the OptimizerMap, which has no default_optimizer"
                    if isinstance(m, OptimizerMap) else "the optimizer_map callable returned None")
             raise ValueError(
-                f"No optimizer is assigned to variable {_var_name(v)!r}: {why}. Every "
+                f"No optimizer is assigned to variable {variable_name(v)!r}: {why}. Every "
                 "variable needs exactly one optimizer.")
         if not isinstance(opt, Optimizer):
             raise ValueError(
-                f"Optimizer for variable {_var_name(v)} is not an Optimizer instance. It must "
+                f"Optimizer for variable {variable_name(v)} is not an Optimizer instance. It must "
                 f"be a kopt optimizer. Received: {opt!r}")
-        _check_inner(opt, f"The optimizer for variable {_var_name(v)!r}")
+        _check_inner(opt, f"The optimizer for variable {variable_name(v)!r}")
         return opt
 
     @property
@@ -364,7 +364,7 @@ class MultiOptimizer(Optimizer):
 
     def _build(self, variables) -> None:
         for i, v in enumerate(variables):
-            if not _is_variable(v):
+            if not is_variable_like(v):
                 raise TypeError(
                     f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
                     f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array).")
@@ -453,7 +453,7 @@ class MultiOptimizer(Optimizer):
 
     def _step_fn(self):
         tx = self._transform
-        names = [_var_name(v) for v in self._vars]
+        names = [variable_name(v) for v in self._vars]
 
         def step(values, state, grads):
             _check_grads(grads, values, names)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.muon import muon, use_adamw
-from kopt.stateful.optimizer import Optimizer, _var_name
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import variable_name
 
 __all__ = ["Muon"]
 
@@ -98,7 +99,7 @@ class Muon(Optimizer, factory=muon):
         hyper = dict(self._hyper)
         if self._vars is not None:
             hyper["adam_mask"] = tuple(
-                use_adamw(_var_name(v), len(v.shape), hyper["exclude_layers"],
+                use_adamw(variable_name(v), len(v.shape), hyper["exclude_layers"],
                           hyper["exclude_embeddings"])
                 for v in self._vars
             )

@@ -31,7 +31,14 @@ from kopt.stateful import weights as weights_io
 from kopt.stateful.derived import derived_doc, derived_init
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.optimizer_variable import OptimizerVariable
-from kopt.stateful.variable import LOCK, Variable
+from kopt.stateful.variable import (
+    LOCK,
+    Variable,
+    is_variable_like,
+    read_value,
+    variable_name,
+    write_value,
+)
 
 __all__ = ["Optimizer"]
 
@@ -62,29 +69,6 @@ def _check_grads(grads, values, names):
             )
 
 
-def _is_variable(v) -> bool:
-    """A kopt.Variable, or any variable-like object (keras.Variable, ...) with `value`,
-    `assign`, `shape` and `dtype`."""
-    if isinstance(v, Variable):
-        return True
-    return all(hasattr(v, a) for a in ("value", "assign", "shape", "dtype"))
-
-
-def _read(v):
-    return v._value if type(v) is Variable else jnp.asarray(v.value)
-
-
-def _write(v, value):
-    if type(v) is Variable:
-        v._value = value
-    else:   # keras.Variable and friends: their own assign (no copy needed: we own `value`)
-        v.assign(value)
-
-
-def _var_name(v) -> str:
-    name = getattr(v, "path", None) or getattr(v, "name", None)
-    return str(name) if name is not None else repr(v)
-
 _ArrayImpl = type(jnp.zeros(()))
 
 
@@ -94,11 +78,11 @@ def _as_gradient(g, v):
     dtype = getattr(g, "dtype", None)
     if dtype is None or isinstance(g, (str, bytes)):
         raise TypeError(
-            f"Gradient for variable {_var_name(v)!r} must be an array; received "
+            f"Gradient for variable {variable_name(v)!r} must be an array; received "
             f"{type(g).__name__}: {g!r:.80}")
     if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
         raise TypeError(
-            f"Gradient for variable {_var_name(v)!r} has dtype {dtype}; expected a numeric "
+            f"Gradient for variable {variable_name(v)!r} has dtype {dtype}; expected a numeric "
             "array.")
     if isinstance(g, np.ndarray):
         return jnp.array(g, copy=True)
@@ -269,7 +253,7 @@ class Optimizer:
             i = self._index.get(id(v))
             if i is None or self._vars[i] is not v:
                 raise ValueError(
-                    f"{where}: variable {_var_name(v)!r} is not among the variables "
+                    f"{where}: variable {variable_name(v)!r} is not among the variables "
                     f"optimizer {self.name!r} was built with.")
             idx.append(i)
         return idx
@@ -298,7 +282,7 @@ class Optimizer:
         Wrappers override this (not `_compile`) to change what a step computes.
         """
         tx = self._transform
-        names = [_var_name(v) for v in self._vars]
+        names = [variable_name(v) for v in self._vars]
 
         def step(values, state, grads):
             _check_grads(grads, values, names)
@@ -347,7 +331,7 @@ class Optimizer:
         """
         variables = list(variables)
         for i, v in enumerate(variables):
-            if not _is_variable(v):
+            if not is_variable_like(v):
                 raise TypeError(
                     f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
                     f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
@@ -363,7 +347,7 @@ class Optimizer:
             try:
                 mask = self._decay_mask(variables)
                 transform = self._make_transform(mask)
-                values = tuple(_read(v) for v in variables)
+                values = tuple(read_value(v) for v in variables)
                 state = self._placed(transform.init(values), values)
                 if callable(self._learning_rate):   # a schedule's first rate, checked once
                     _checked_rate(multihost.to_host(state.learning_rate))
@@ -388,7 +372,7 @@ class Optimizer:
             "it cannot be rebuilt with a different set. Create a new optimizer.")
 
     def _on_mesh(self, state):
-        return self._placed(state, tuple(_read(v) for v in self._vars))
+        return self._placed(state, tuple(read_value(v) for v in self._vars))
 
     @staticmethod
     def _placed(state, values):
@@ -409,7 +393,7 @@ class Optimizer:
             return None
         return tuple(
             not (id(v) in self._exclude_ids
-                 or any(re.search(n, _var_name(v)) for n in self._exclude_names))
+                 or any(re.search(n, variable_name(v)) for n in self._exclude_names))
             for v in variables
         )
 
@@ -478,10 +462,10 @@ class Optimizer:
             )
         if all(g is None for g in grads):
             raise ValueError(
-                f"No gradients provided for any variable: {[_var_name(v) for v in variables]}."
+                f"No gradients provided for any variable: {[variable_name(v) for v in variables]}."
             )
         if any(g is None for g in grads):
-            missing = [_var_name(v) for g, v in zip(grads, variables) if g is None]
+            missing = [variable_name(v) for g, v in zip(grads, variables) if g is None]
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. "
                 "If using `model.compile()`, did you forget to provide a `loss` argument?",
@@ -517,7 +501,7 @@ class Optimizer:
         """A fresh list of the variables' arrays (see `execution.held_elsewhere`)."""
         if self._plain():   # no per-variable function call on the hot path
             return [v._value for v in self._vars]
-        return [_read(v) for v in self._vars]
+        return [read_value(v) for v in self._vars]
 
     def _write_values(self, new_values, old_values) -> None:
         """Store the step's results, constraints applied; all-or-nothing."""
@@ -532,11 +516,11 @@ class Optimizer:
         done = 0
         try:
             for v, value in zip(self._vars, new_values):
-                _write(v, value)
+                write_value(v, value)
                 done += 1
         except BaseException:
             for v, value in zip(self._vars[:done], old_values):
-                _write(v, value)
+                write_value(v, value)
             raise
 
     def _full_grads(self, grads, variables):
@@ -554,13 +538,13 @@ class Optimizer:
                 i = self._index.get(id(v))
                 if i is None or built[i] is not v:
                     raise ValueError(
-                        f"Variable {_var_name(v)!r} is not among the "
+                        f"Variable {variable_name(v)!r} is not among the "
                         f"{len(built)} variables optimizer {self.name!r} was built with. "
                         "Create a new optimizer for a new set of variables."
                     )
                 if full[i] is not None:
                     raise ValueError(
-                        f"Variable {_var_name(v)!r} appears more than once in grads_and_vars; "
+                        f"Variable {variable_name(v)!r} appears more than once in grads_and_vars; "
                         "sum its gradients and pass it once."
                     )
                 full[i] = g
@@ -777,7 +761,7 @@ class Optimizer:
     `weights.KERAS_SLOT_NAMES` (e.g. RMSprop's `rms` is Keras's `velocity`)."""
 
     def _var_names(self) -> list[str]:
-        return [_var_name(v) for v in self._vars]
+        return [variable_name(v) for v in self._vars]
 
     def _weight_fields(self):
         """`(scalars, slots)`: the state fields `get_weights` lists (`weights.weight_fields`)."""

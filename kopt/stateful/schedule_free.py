@@ -1,9 +1,8 @@
 """Stateful `ScheduleFreeAdamW`, a thin shell over `kopt.functional.schedule_free`."""
 
-import jax
-
 from kopt.functional.schedule_free import schedule_free_adamw, schedule_free_eval_params
-from kopt.stateful.optimizer import Optimizer, _read
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import read_value
 
 __all__ = ["ScheduleFreeAdamW"]
 
@@ -31,10 +30,10 @@ class ScheduleFreeAdamW(Optimizer, factory=schedule_free_adamw):
     _keras_slot_groups = (("z", "v"),)
     _keras_slot_names = {"z": "momentum"}
 
-    def eval_values(self) -> list[jax.Array]:
+    def eval_values(self) -> list:
         """The average `x = (y - (1 - beta_1) z) / beta_1` of each variable (new arrays)."""
         if not self.built:
             raise ValueError("eval_values() needs a built optimizer: call build() or "
                              "apply_gradients() first.")
-        values = tuple(_read(v) for v in self._vars)
+        values = tuple(read_value(v) for v in self._vars)
         return list(schedule_free_eval_params(values, self._state, self.beta_1))
