@@ -1,10 +1,10 @@
 """Keras 3 (JAX backend): a kopt optimizer inside `model.compile` and `model.fit`.
 
-    import keras, kopt
-    import kopt.interop.keras
+  import keras, kopt
+  import kopt.interop.keras
 
-    model.compile(loss="mse", optimizer=kopt.interop.keras.wrap(kopt.optimizers.Adam(0.1)))
-    model.fit(x, y, epochs=3)
+  model.compile(loss="mse", optimizer=kopt.interop.keras.wrap(kopt.optimizers.Adam(0.1)))
+  model.fit(x, y, epochs=3)
 
 `wrap(opt)` returns a `KoptOptimizer`, a `keras.optimizers.Optimizer` whose update is
 `opt`'s functional transform (`opt.transform`). Keras's JAX trainer compiles a stateless
