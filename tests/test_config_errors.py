@@ -17,7 +17,7 @@ import pytest
 
 import kopt
 from kopt.optimizers import LossScaleOptimizer, MultiOptimizer, OptimizerMap
-from kopt.stateful.registry import MAX_CONFIG_DEPTH
+from kopt.stateful.serialization import MAX_CONFIG_DEPTH
 
 ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.1}}
 

@@ -2,24 +2,24 @@
 
 Stateful, with the Keras-style facade (eager, one compiled step per call)::
 
-    from flax import nnx
-    import kopt, kopt.interop.flax
+  from flax import nnx
+  import kopt, kopt.interop.flax
 
-    opt = kopt.optimizers.Adam(1e-3)
-    params = kopt.interop.flax.variables(model)            # nnx.Param, in state order
-    grads = nnx.grad(loss_fn)(model, x, y)                 # an nnx.State like the params
-    opt.apply_gradients(zip(jax.tree.leaves(grads), params))   # updates the model in place
+  opt = kopt.optimizers.Adam(1e-3)
+  params = kopt.interop.flax.variables(model)            # nnx.Param, in state order
+  grads = nnx.grad(loss_fn)(model, x, y)                 # an nnx.State like the params
+  opt.apply_gradients(zip(jax.tree.leaves(grads), params))   # updates the model in place
 
 Inside `nnx.jit`, with `nnx.Optimizer` and a kopt transform::
 
-    optimizer = nnx.Optimizer(model, kopt.interop.flax.transform(kopt.functional.adam(1e-3)),
-                              wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, kopt.interop.flax.transform(kopt.functional.adam(1e-3)),
+                            wrt=nnx.Param)
 
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-        loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
-        optimizer.update(model, grads)
-        return loss
+  @nnx.jit
+  def train_step(model, optimizer, x, y):
+      loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
+      optimizer.update(model, grads)
+      return loss
 
 Or in plain `jax.jit`, with `nnx.split`/`nnx.merge` and `kopt.functional` directly (no
 helper needed): split the model into `graphdef, params, rest`, differentiate

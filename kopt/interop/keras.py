@@ -1,10 +1,10 @@
 """Keras 3 (JAX backend): a kopt optimizer inside `model.compile` and `model.fit`.
 
-    import keras, kopt
-    import kopt.interop.keras
+  import keras, kopt
+  import kopt.interop.keras
 
-    model.compile(loss="mse", optimizer=kopt.interop.keras.wrap(kopt.optimizers.Adam(0.1)))
-    model.fit(x, y, epochs=3)
+  model.compile(loss="mse", optimizer=kopt.interop.keras.wrap(kopt.optimizers.Adam(0.1)))
+  model.fit(x, y, epochs=3)
 
 `wrap(opt)` returns a `KoptOptimizer`, a `keras.optimizers.Optimizer` whose update is
 `opt`'s functional transform (`opt.transform`). Keras's JAX trainer compiles a stateless
@@ -54,11 +54,11 @@ import keras
 from kopt.functional.base import iteration_count
 from kopt.functional.buckets import Packed
 from kopt.functional.quantize import Quantized
-from kopt.stateful import registry
+from kopt.stateful import serialization
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer, _times
 from kopt.stateful.multi_optimizer import MultiOptimizer
-from kopt.stateful.optimizer import Optimizer, _var_name
-from kopt.stateful.variable import LOCK
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import LOCK, variable_name
 
 __all__ = ["wrap", "KoptOptimizer"]
 
@@ -107,7 +107,7 @@ def _state_names(state, variables) -> list[str]:
             for i, leaf in enumerate(node.leaves):
                 if leaf is None:
                     continue
-                base = f"{_sanitize(_var_name(variables[i]))}_{field}"
+                base = f"{_sanitize(variable_name(variables[i]))}_{field}"
                 # A block-wise quantised slot is two arrays: codes and scales.
                 names += ([base + "_codes", base + "_scales"] if isinstance(leaf, Quantized)
                           else [base])
@@ -209,7 +209,7 @@ class KoptOptimizer(keras.optimizers.Optimizer):
     def __init__(self, optimizer, name=None):
         _check_backend()
         if isinstance(optimizer, (str, dict)):
-            optimizer = registry.get(optimizer)
+            optimizer = serialization.get(optimizer)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 "kopt.interop.keras.wrap expects a kopt optimizer (e.g. "
@@ -425,13 +425,13 @@ class KoptOptimizer(keras.optimizers.Optimizer):
         self._push()
 
     def get_config(self):
-        return {"name": self.name, "optimizer": registry.serialize(self._kopt)}
+        return {"name": self.name, "optimizer": serialization.serialize(self._kopt)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         del custom_objects
         config = dict(config)
-        return cls(registry.deserialize(config.pop("optimizer")), **config)
+        return cls(serialization.deserialize(config.pop("optimizer")), **config)
 
 
 def wrap(optimizer, name=None) -> KoptOptimizer:

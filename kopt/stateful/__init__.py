@@ -19,9 +19,9 @@ from kopt.stateful.muon import Muon
 from kopt.stateful.nadam import Nadam
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.radam import RAdam
-from kopt.stateful.registry import deserialize, get, serialize
 from kopt.stateful.rmsprop import RMSprop
 from kopt.stateful.schedule_free import ScheduleFreeAdamW
+from kopt.stateful.serialization import deserialize, get, serialize
 from kopt.stateful.sgd import SGD
 from kopt.stateful.transform_optimizer import TransformOptimizer, TransformState
 from kopt.stateful.variable import Variable

@@ -6,12 +6,13 @@ import re
 
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.lars import lars
-from kopt.stateful.optimizer import Optimizer, _var_name
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import variable_name
 
 __all__ = ["LARS"]
 
 
-class LARS(Optimizer):
+class LARS(Optimizer, factory=lars):
     """LARS (You et al., 2017): momentum SGD with a layer-wise trust ratio.
 
     The update rule, arguments and defaults are those of `kopt.functional.lars` (whose
@@ -38,8 +39,6 @@ class LARS(Optimizer):
       >>> int(opt.apply_gradients(zip(grads, [w, b])))
       1
     """
-
-    _factory = staticmethod(lars)
 
     def __init__(
         self,
@@ -96,7 +95,7 @@ class LARS(Optimizer):
         patterns = hyper.pop("exclude_from_layer_adaptation")
         adapt = None
         if patterns and self._vars is not None:
-            adapt = tuple(not any(re.search(p, _var_name(v)) for p in patterns)
+            adapt = tuple(not any(re.search(p, variable_name(v)) for p in patterns)
                           for v in self._vars)
         return lars(
             learning_rate=self._learning_rate, **hyper, **self._common_kwargs(),

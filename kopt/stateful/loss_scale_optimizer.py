@@ -12,9 +12,11 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
-from kopt.stateful.multi_optimizer import MultiOptimizer, keras_codec
+from kopt.stateful import registry
+from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.variable import LOCK
 
 __all__ = ["LossScaleOptimizer"]
@@ -175,12 +177,8 @@ class LossScaleOptimizer(Optimizer):
     def build(self, variables) -> None:
         """Build the inner optimizer (kept as it is if already built with `variables`)."""
         variables = list(variables)
-        if self.built:
-            if [id(v) for v in variables] == [id(v) for v in self._vars]:
-                return
-            raise ValueError(
-                f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
-                "it cannot be rebuilt with a different set. Create a new optimizer.")
+        if self._built_with(variables):
+            return
         self.inner_optimizer.build(variables)
         self._vars = self.inner_optimizer._vars
         self._index = dict(self.inner_optimizer._index)
@@ -230,22 +228,11 @@ class LossScaleOptimizer(Optimizer):
         dynamic scale.
         """
         self._sync()
-        if not self.built or isinstance(optimizer_variables, LossScaleState) or not isinstance(
-                optimizer_variables, (list, tuple)):
-            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        n, unflatten, flatten = self._keras_codec()
-        if len(optimizer_variables) != n:
-            raise ValueError(
-                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
-                f"to {type(self).__name__}().variables. Received list with length "
-                f"{len(optimizer_variables)}, but expected {n} variables.")
-        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
-        values, state = super().stateless_apply(state, grads, trainable_variables)
-        return values, flatten(state)
+        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     def _keras_codec(self):
-        """Keras's flat form of `variables`: see `kopt.stateful.multi_optimizer.keras_codec`."""
-        m, unflat, flat = keras_codec(self.inner_optimizer)
+        """Keras's flat form of `variables`: see `Optimizer._keras_codec`."""
+        m, unflat, flat = self.inner_optimizer._keras_codec()
 
         def unflatten(values):
             values = list(values)
@@ -323,15 +310,7 @@ class LossScaleOptimizer(Optimizer):
     def set_weights(self, weights) -> None:
         """Load `[iterations, step_counter, dynamic_scale, *inner slots]` (validated in
         full before any change)."""
-        if not self.built:
-            raise ValueError(
-                "You are calling `set_weights()` on an optimizer that has not yet been built. "
-                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
-                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
-                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(
-                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+        self._check_weights_list(weights)
         with LOCK:
             expected = 2 + len(self.inner_optimizer._weight_arrays())
             if len(weights) != expected:
@@ -357,14 +336,12 @@ class LossScaleOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
-        from kopt.stateful.registry import serialize
         return {"name": self.name, "inner_optimizer": serialize(self.inner_optimizer),
                 "initial_scale": self.initial_scale,
                 "dynamic_growth_steps": self.dynamic_growth_steps}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        from kopt.stateful.registry import check_config_tree, deserialize
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
         check_config_tree(config)
@@ -433,3 +410,6 @@ def _times(loss, scale):
     loss = jnp.asarray(loss)
     wide = state_dtype_for(loss.dtype)
     return loss.astype(wide) * scale.astype(wide)
+
+
+registry.register(LossScaleOptimizer, "config_only")

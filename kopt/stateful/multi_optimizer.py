@@ -21,10 +21,12 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
-from kopt.stateful.optimizer import Optimizer, _check_grads, _entry_value, _is_variable, _var_name
+from kopt.stateful import registry
+from kopt.stateful.optimizer import Optimizer, _check_grads
 from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.transform_optimizer import _iteration_count
-from kopt.stateful.variable import LOCK
+from kopt.stateful.variable import LOCK, is_variable_like, variable_name
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
@@ -84,17 +86,6 @@ def _set_loss_scale_factor(opt: Optimizer, value) -> None:
     opt._transform = opt._make_transform(opt._mask)
     if opt.built:
         opt._compile()
-
-
-def keras_codec(opt: Optimizer):
-    """`(n, unflatten, flatten)` for Keras's flat form of `opt.variables`: `n` arrays,
-    `unflatten(flat) -> state` and `flatten(state) -> flat` (both traceable)."""
-    own = getattr(opt, "_keras_codec", None)
-    if own is not None:
-        return own()
-    entries = opt._keras_entries()
-    return (len(entries), lambda flat: opt._unflatten(entries, list(flat)),
-            lambda state: [_entry_value(state, e) for e in entries])
 
 
 class OptimizerMap(MutableMapping):
@@ -184,17 +175,15 @@ class OptimizerMap(MutableMapping):
 
     def __call__(self, variable) -> Optimizer:
         """The optimizer of `variable`, looked up by its path or name."""
-        return self[_var_name(variable)]
+        return self[variable_name(variable)]
 
     def get_config(self) -> dict[str, Any]:
-        from kopt.stateful.registry import serialize
         default = self._default_optimizer
         return {"default_optimizer": None if default is None else serialize(default),
                 "optimizer_map": {k: serialize(o) for k, o in self._optimizer_map.items()}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OptimizerMap:
-        from kopt.stateful.registry import check_config_tree, deserialize
         if not isinstance(config, dict):
             raise TypeError(f"OptimizerMap.from_config expects a dict. Received: {config!r}"[:300])
         check_config_tree(config)
@@ -324,14 +313,14 @@ class MultiOptimizer(Optimizer):
                     f"Received: {pair!r}")
             opt, variables = pair
             _check_type(opt, f"The optimizer of optimizer_map entry {i}")
-            variables = [variables] if _is_variable(variables) else list(variables)
+            variables = [variables] if is_variable_like(variables) else list(variables)
             for v in variables:
-                if not _is_variable(v):
+                if not is_variable_like(v):
                     raise TypeError(
                         f"optimizer_map entry {i} holds {type(v).__name__}, not a variable.")
                 if id(v) in owner:
                     raise ValueError(
-                        f"Variable {_var_name(v)!r} is claimed by two optimizers "
+                        f"Variable {variable_name(v)!r} is claimed by two optimizers "
                         f"({owner[id(v)][1].name!r} and {opt.name!r}); give it to one only.")
                 owner[id(v)] = (v, opt)
             out.append((opt, variables))
@@ -354,13 +343,13 @@ class MultiOptimizer(Optimizer):
                    "it matches no key of the OptimizerMap, which has no default_optimizer"
                    if isinstance(m, OptimizerMap) else "the optimizer_map callable returned None")
             raise ValueError(
-                f"No optimizer is assigned to variable {_var_name(v)!r}: {why}. Every "
+                f"No optimizer is assigned to variable {variable_name(v)!r}: {why}. Every "
                 "variable needs exactly one optimizer.")
         if not isinstance(opt, Optimizer):
             raise ValueError(
-                f"Optimizer for variable {_var_name(v)} is not an Optimizer instance. It must "
+                f"Optimizer for variable {variable_name(v)} is not an Optimizer instance. It must "
                 f"be a kopt optimizer. Received: {opt!r}")
-        _check_inner(opt, f"The optimizer for variable {_var_name(v)!r}")
+        _check_inner(opt, f"The optimizer for variable {variable_name(v)!r}")
         return opt
 
     @property
@@ -375,7 +364,7 @@ class MultiOptimizer(Optimizer):
 
     def _build(self, variables) -> None:
         for i, v in enumerate(variables):
-            if not _is_variable(v):
+            if not is_variable_like(v):
                 raise TypeError(
                     f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
                     f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array).")
@@ -383,12 +372,8 @@ class MultiOptimizer(Optimizer):
             raise ValueError("build() received no variables.")
         if len({id(v) for v in variables}) != len(variables):
             raise ValueError("build() received the same Variable more than once.")
-        if self.built:
-            if [id(v) for v in variables] == [id(v) for v in self._vars]:
-                return
-            raise ValueError(
-                f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
-                "it cannot be rebuilt with a different set. Create a new optimizer.")
+        if self._built_with(variables):
+            return
         # Everything that can fail is checked before any inner optimizer changes.
         inner = list(self._inner)
         owned: list[list[int]] = [[] for _ in inner]
@@ -468,7 +453,7 @@ class MultiOptimizer(Optimizer):
 
     def _step_fn(self):
         tx = self._transform
-        names = [_var_name(v) for v in self._vars]
+        names = [variable_name(v) for v in self._vars]
 
         def step(values, state, grads):
             _check_grads(grads, values, names)
@@ -596,12 +581,8 @@ class MultiOptimizer(Optimizer):
         if not self.built:
             return
         groups: dict[int, list] = {}
-        for v in var_list:
-            i = self._index.get(id(v))
-            if i is None or self._vars[i] is not v:
-                raise ValueError(
-                    f"finalize_variable_values: variable {_var_name(v)!r} is not among the "
-                    f"variables optimizer {self.name!r} was built with.")
+        var_list = list(var_list)
+        for v, i in zip(var_list, self._built_indices(var_list, "finalize_variable_values")):
             groups.setdefault(self._labels[i], []).append(v)
         for k, vs in groups.items():
             self._inner[k].finalize_variable_values(vs)
@@ -635,7 +616,7 @@ class MultiOptimizer(Optimizer):
             return out
 
     def _keras_codec(self):
-        codecs = [(k, keras_codec(opt)) for k, opt, _ in self._active]
+        codecs = [(k, opt._keras_codec()) for k, opt, _ in self._active]
         n = 1 + sum(c[0] for _, c in codecs)
 
         def unflatten(flat):
@@ -661,18 +642,7 @@ class MultiOptimizer(Optimizer):
         `PartitionState`), or Keras's with the flat list of the values of `opt.variables`
         (see the base class)."""
         self._sync()
-        if not self.built or isinstance(optimizer_variables, PartitionState) or not isinstance(
-                optimizer_variables, (list, tuple)):
-            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        n, unflatten, flatten = self._keras_codec()
-        if len(optimizer_variables) != n:
-            raise ValueError(
-                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
-                f"to {type(self).__name__}().variables. Received list with length "
-                f"{len(optimizer_variables)}, but expected {n} variables.")
-        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
-        values, state = super().stateless_apply(state, grads, trainable_variables)
-        return values, flatten(state)
+        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     def _weight_arrays(self) -> list:
         out = [self._count]
@@ -727,7 +697,6 @@ class MultiOptimizer(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MultiOptimizer:
-        from kopt.stateful.registry import check_config_tree
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}"[:300])
         check_config_tree(config)
@@ -740,3 +709,6 @@ class MultiOptimizer(Optimizer):
         config["optimizer_map"] = OptimizerMap.from_config(config["optimizer_map"])
         return cls(**config)
 
+
+
+registry.register(MultiOptimizer, "config_only")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.muon import muon, use_adamw
-from kopt.stateful.optimizer import Optimizer, _var_name
+from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.variable import variable_name
 
 __all__ = ["Muon"]
 
 
-class Muon(Optimizer):
+class Muon(Optimizer, factory=muon):
     """Muon for matrices, AdamW for the rest, as `keras.optimizers.Muon`.
 
     The update rule, arguments and defaults are those of `kopt.functional.muon` (whose
@@ -37,7 +38,6 @@ class Muon(Optimizer):
       [(), (4, 3), (3,), (0,), (3,)]
     """
 
-    _factory = staticmethod(muon)
     _keras_slot_groups = (("m", "v"),)
 
     def __init__(
@@ -99,7 +99,7 @@ class Muon(Optimizer):
         hyper = dict(self._hyper)
         if self._vars is not None:
             hyper["adam_mask"] = tuple(
-                use_adamw(_var_name(v), len(v.shape), hyper["exclude_layers"],
+                use_adamw(variable_name(v), len(v.shape), hyper["exclude_layers"],
                           hyper["exclude_embeddings"])
                 for v in self._vars
             )

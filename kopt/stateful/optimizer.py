@@ -22,15 +22,23 @@ from jax.sharding import NamedSharding
 
 from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD, Packed
+from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.learning_rate import as_learning_rate, resolve_learning_rate
-from kopt.functional.quantize import Quantized
 from kopt.functional.sharding import state_shardings
 from kopt.interop.flax import nnx_gradient_hint
-from kopt.stateful import multihost
+from kopt.stateful import multihost, registry
+from kopt.stateful import weights as weights_io
+from kopt.stateful.derived import derived_doc, derived_init
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.optimizer_variable import OptimizerVariable
-from kopt.stateful.variable import LOCK, Variable
+from kopt.stateful.variable import (
+    LOCK,
+    Variable,
+    is_variable_like,
+    read_value,
+    variable_name,
+    write_value,
+)
 
 __all__ = ["Optimizer"]
 
@@ -61,36 +69,7 @@ def _check_grads(grads, values, names):
             )
 
 
-def _is_variable(v) -> bool:
-    """A kopt.Variable, or any variable-like object (keras.Variable, ...) with `value`,
-    `assign`, `shape` and `dtype`."""
-    if isinstance(v, Variable):
-        return True
-    return all(hasattr(v, a) for a in ("value", "assign", "shape", "dtype"))
-
-
-def _read(v):
-    return v._value if type(v) is Variable else jnp.asarray(v.value)
-
-
-def _write(v, value):
-    if type(v) is Variable:
-        v._value = value
-    else:   # keras.Variable and friends: their own assign (no copy needed: we own `value`)
-        v.assign(value)
-
-
-def _var_name(v) -> str:
-    name = getattr(v, "path", None) or getattr(v, "name", None)
-    return str(name) if name is not None else repr(v)
-
 _ArrayImpl = type(jnp.zeros(()))
-
-_KERAS_SLOT_NAMES = {"m": "momentum", "v": "velocity", "vhat": "velocity_hat",
-                     "ema": "average", "accum": "gradient_accumulator"}
-"""Keras 3's names for kopt's state fields, used in `optimizer.variables` names."""
-
-_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _as_gradient(g, v):
@@ -99,11 +78,11 @@ def _as_gradient(g, v):
     dtype = getattr(g, "dtype", None)
     if dtype is None or isinstance(g, (str, bytes)):
         raise TypeError(
-            f"Gradient for variable {_var_name(v)!r} must be an array; received "
+            f"Gradient for variable {variable_name(v)!r} must be an array; received "
             f"{type(g).__name__}: {g!r:.80}")
     if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
         raise TypeError(
-            f"Gradient for variable {_var_name(v)!r} has dtype {dtype}; expected a numeric "
+            f"Gradient for variable {variable_name(v)!r} has dtype {dtype}; expected a numeric "
             "array.")
     if isinstance(g, np.ndarray):
         return jnp.array(g, copy=True)
@@ -117,36 +96,6 @@ def _check_loss(loss) -> None:
         raise TypeError(
             "minimize(): loss_fn must return a floating-point scalar. Received shape "
             f"{np.shape(loss)}, dtype {dtype}.")
-
-
-def _host_array(w, what: str, like=None) -> np.ndarray:
-    """`w` as a fresh host array of real numbers, shaped like `like` (when given).
-
-    Raw 2-byte records (`|V2`, what `np.savez` writes for bfloat16) are read as bfloat16.
-    """
-    w = np.array(w, copy=True)
-    like_dtype = getattr(like, "dtype", None)
-    if w.dtype.kind == "V" and like_dtype is not None and w.dtype.itemsize == np.dtype(like_dtype).itemsize:
-        w = w.view(like_dtype)
-    if not (jnp.issubdtype(w.dtype, jnp.floating) or np.issubdtype(w.dtype, np.integer)):
-        raise ValueError(
-            f"set_weights: {what} has dtype {w.dtype}; expected a real number array.")
-    if like is not None and w.shape != tuple(like.shape):
-        raise ValueError(
-            f"set_weights: {what} has shape {w.shape}, expected {tuple(like.shape)}.")
-    return w
-
-
-def _check_count(count: np.ndarray, what: str) -> None:
-    """An iteration count: a 0-d integer (or integral float) in [0, 2**31 - 1]."""
-    ok = count.shape == () and (np.issubdtype(count.dtype, np.integer) or (
-        jnp.issubdtype(count.dtype, jnp.floating) and np.isfinite(count)
-        and float(count) == int(count)))
-    if not ok:
-        raise ValueError(
-            f"{what} must be a 0-d integer. Received shape {count.shape}, dtype {count.dtype}.")
-    if not 0 <= int(count) <= _INT32_MAX:
-        raise ValueError(f"{what} must be in [0, {_INT32_MAX}]. Received: {int(count)}")
 
 
 def _rate_at(lr, step):
@@ -164,51 +113,26 @@ def _checked_rate(rate) -> float:
     return float(value)
 
 
-def _entry_value(state, entry):
-    """One `variables` entry's array in `state` (see `Optimizer._keras_entries`)."""
-    field, j, part = entry
-    x = getattr(state, field)
-    if j is None:
-        return x
-    leaf = x.leaf(j) if isinstance(x, Packed) else x[j]
-    return leaf if part is None else getattr(leaf, part)
-
-
-def _unflatten_entries(entries, flat, template):
-    """The state `template` with the arrays of `entries` replaced by `flat` (traceable)."""
-    fields, slots = {}, {}
-    for (field, j, part), x in zip(entries, flat):
-        if j is None:
-            fields[field] = jnp.asarray(x, getattr(template, field).dtype)
-        else:
-            slots.setdefault(field, {})[(j, part)] = x
-    for field, values in slots.items():
-        old = getattr(template, field)
-        n = old.layout.num_leaves if isinstance(old, Packed) else len(old)
-        leaves = []
-        for j in range(n):
-            like = old.leaf(j) if isinstance(old, Packed) else old[j]
-            if isinstance(like, Quantized):
-                leaves.append(Quantized(jnp.asarray(values[(j, "codes")], like.codes.dtype),
-                                        jnp.asarray(values[(j, "absmax")], jnp.float32),
-                                        like.shape, like.signed))
-            elif like is None:
-                leaves.append(None)
-            else:
-                leaves.append(jnp.asarray(values[(j, None)], like.dtype))
-        fields[field] = (Packed.from_leaves(old.layout, leaves) if isinstance(old, Packed)
-                         else tuple(leaves))
-    return template._replace(**fields)
-
-
 class Optimizer:
     """Base class of kopt's stateful optimizers.
 
-    Subclasses pass their own hyperparameters as `hyper` and set `_factory`, the
-    `kopt.functional` function with the same arguments.
+    A subclass names its functional factory, `class Adam(Optimizer,
+    factory=functional.adam)`, and gets a constructor derived from the factory's
+    signature (`kopt.stateful.derived`). One that needs a different constructor defines
+    `__init__` and passes its hyperparameters as `hyper`.
     """
 
     _factory = None
+
+    def __init_subclass__(cls, factory=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if factory is not None:
+            cls._factory = staticmethod(factory)
+            if "__init__" not in cls.__dict__:
+                cls.__init__ = derived_init(cls, factory)
+                cls.__doc__ = derived_doc(cls, factory)
+            if cls.__module__.startswith("kopt."):   # kopt's own: `get('adam')` finds it
+                registry.register(cls)
 
     def __init__(self, learning_rate, hyper: dict[str, Any] | None = None,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
@@ -319,16 +243,20 @@ class Optimizer:
         if not self.use_ema or not self.built or int(self.iterations) == 0:
             return   # (never stepped: the averages hold nothing yet, and Keras would zero)
         var_list = list(var_list)
+        for v, i in zip(var_list, self._built_indices(var_list, "finalize_variable_values")):
+            v.assign(weights_io.slot_leaf(self._state.ema, i))
+
+    def _built_indices(self, var_list, where: str) -> list[int]:
+        """The build-order index of each of `var_list`, all of them built variables."""
         idx = []
         for v in var_list:
             i = self._index.get(id(v))
             if i is None or self._vars[i] is not v:
                 raise ValueError(
-                    f"finalize_variable_values: variable {_var_name(v)!r} is not "
-                    f"among the variables optimizer {self.name!r} was built with.")
+                    f"{where}: variable {variable_name(v)!r} is not among the variables "
+                    f"optimizer {self.name!r} was built with.")
             idx.append(i)
-        for v, i in zip(var_list, idx):
-            v.assign(self._slot_leaf(self._state.ema, i))
+        return idx
 
     def _schedule_step(self):
         """The step schedules read: raw calls under gradient accumulation, as Keras."""
@@ -341,8 +269,7 @@ class Optimizer:
 
         See `kopt.stateful.transform_optimizer.TransformOptimizer`.
         """
-        from kopt.stateful.transform_optimizer import TransformOptimizer
-        return TransformOptimizer(tx, name=name)
+        return registry.wrapper("TransformOptimizer")(tx, name=name)
 
     @property
     def transform(self):
@@ -355,7 +282,7 @@ class Optimizer:
         Wrappers override this (not `_compile`) to change what a step computes.
         """
         tx = self._transform
-        names = [_var_name(v) for v in self._vars]
+        names = [variable_name(v) for v in self._vars]
 
         def step(values, state, grads):
             _check_grads(grads, values, names)
@@ -404,7 +331,7 @@ class Optimizer:
         """
         variables = list(variables)
         for i, v in enumerate(variables):
-            if not _is_variable(v):
+            if not is_variable_like(v):
                 raise TypeError(
                     f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
                     f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
@@ -412,21 +339,15 @@ class Optimizer:
         if len({id(v) for v in variables}) != len(variables):
             raise ValueError("build() received the same Variable more than once.")
         with LOCK:
-            if self.built:
-                if [id(v) for v in variables] == [id(v) for v in self._vars]:
-                    return
-                raise ValueError(
-                    f"Optimizer {self.name!r} was already built with {len(self._vars)} "
-                    "variables; it cannot be rebuilt with a different set. Create a new "
-                    "optimizer."
-                )
+            if self._built_with(variables):
+                return
             # Everything is computed first and assigned last: a failure changes nothing.
             # (`_vars` is set meanwhile: `_make_transform` may read it, as LARS does.)
             self._vars = tuple(variables)
             try:
                 mask = self._decay_mask(variables)
                 transform = self._make_transform(mask)
-                values = tuple(_read(v) for v in variables)
+                values = tuple(read_value(v) for v in variables)
                 state = self._placed(transform.init(values), values)
                 if callable(self._learning_rate):   # a schedule's first rate, checked once
                     _checked_rate(multihost.to_host(state.learning_rate))
@@ -439,8 +360,19 @@ class Optimizer:
             self._state_lent = False
             self._compile()
 
+    def _built_with(self, variables) -> bool:
+        """True if built with exactly `variables`, False if not built; raises if built
+        with another set."""
+        if not self.built:
+            return False
+        if [id(v) for v in variables] == [id(v) for v in self._vars]:
+            return True
+        raise ValueError(
+            f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
+            "it cannot be rebuilt with a different set. Create a new optimizer.")
+
     def _on_mesh(self, state):
-        return self._placed(state, tuple(_read(v) for v in self._vars))
+        return self._placed(state, tuple(read_value(v) for v in self._vars))
 
     @staticmethod
     def _placed(state, values):
@@ -461,7 +393,7 @@ class Optimizer:
             return None
         return tuple(
             not (id(v) in self._exclude_ids
-                 or any(re.search(n, _var_name(v)) for n in self._exclude_names))
+                 or any(re.search(n, variable_name(v)) for n in self._exclude_names))
             for v in variables
         )
 
@@ -530,10 +462,10 @@ class Optimizer:
             )
         if all(g is None for g in grads):
             raise ValueError(
-                f"No gradients provided for any variable: {[_var_name(v) for v in variables]}."
+                f"No gradients provided for any variable: {[variable_name(v) for v in variables]}."
             )
         if any(g is None for g in grads):
-            missing = [_var_name(v) for g, v in zip(grads, variables) if g is None]
+            missing = [variable_name(v) for g, v in zip(grads, variables) if g is None]
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. "
                 "If using `model.compile()`, did you forget to provide a `loss` argument?",
@@ -569,7 +501,7 @@ class Optimizer:
         """A fresh list of the variables' arrays (see `execution.held_elsewhere`)."""
         if self._plain():   # no per-variable function call on the hot path
             return [v._value for v in self._vars]
-        return [_read(v) for v in self._vars]
+        return [read_value(v) for v in self._vars]
 
     def _write_values(self, new_values, old_values) -> None:
         """Store the step's results, constraints applied; all-or-nothing."""
@@ -584,11 +516,11 @@ class Optimizer:
         done = 0
         try:
             for v, value in zip(self._vars, new_values):
-                _write(v, value)
+                write_value(v, value)
                 done += 1
         except BaseException:
             for v, value in zip(self._vars[:done], old_values):
-                _write(v, value)
+                write_value(v, value)
             raise
 
     def _full_grads(self, grads, variables):
@@ -606,13 +538,13 @@ class Optimizer:
                 i = self._index.get(id(v))
                 if i is None or built[i] is not v:
                     raise ValueError(
-                        f"Variable {_var_name(v)!r} is not among the "
+                        f"Variable {variable_name(v)!r} is not among the "
                         f"{len(built)} variables optimizer {self.name!r} was built with. "
                         "Create a new optimizer for a new set of variables."
                     )
                 if full[i] is not None:
                     raise ValueError(
-                        f"Variable {_var_name(v)!r} appears more than once in grads_and_vars; "
+                        f"Variable {variable_name(v)!r} appears more than once in grads_and_vars; "
                         "sum its gradients and pass it once."
                     )
                 full[i] = g
@@ -691,17 +623,23 @@ class Optimizer:
             raise ValueError(
                 "stateless_apply: `optimizer_variables` must be opt.state or a list of the "
                 f"values of opt.variables. Received: {type(optimizer_variables).__name__}")
-        entries = self._keras_entries()
-        if len(optimizer_variables) != len(entries):
+        n, unflatten, flatten = self._keras_codec()
+        if len(optimizer_variables) != n:
             raise ValueError(
                 "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
                 f"to {type(self).__name__}().variables. Received list with length "
-                f"{len(optimizer_variables)}, but expected {len(entries)} variables.")
-        flat = [getattr(v, "value", v) for v in optimizer_variables]
-        state = self._unflatten(entries, flat)
+                f"{len(optimizer_variables)}, but expected {n} variables.")
+        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
         updates, state = self._transform.update(grads, state, values)
-        return (list(apply_updates(values, updates)),
-                [_entry_value(state, e) for e in entries])
+        return list(apply_updates(values, updates)), flatten(state)
+
+    def _keras_codec(self):
+        """`(n, unflatten, flatten)` for Keras's flat form of `variables`: `n` arrays,
+        `unflatten(flat) -> state` and `flatten(state) -> flat` (both traceable).
+        Wrappers whose `variables` combine several states override this."""
+        entries = self._keras_entries()
+        return (len(entries), lambda flat: self._unflatten(entries, list(flat)),
+                lambda state: [weights_io.entry_value(state, e) for e in entries])
 
     # ----------------------------------------------------------------- state
     @property
@@ -740,7 +678,7 @@ class Optimizer:
                 raise ValueError(
                     f"The new state's leaf {jax.tree_util.keystr(path)} has shape {shape} "
                     f"and dtype {dtype}; expected {like.shape} and {like.dtype}.")
-        _check_count(multihost.to_host(new_state.count), "state.count")
+        weights_io.check_count(multihost.to_host(new_state.count), "state.count")
         owned = jax.tree.map(lambda x: jnp.array(x, copy=True), new_state)
         return self._on_mesh(owned)
 
@@ -813,54 +751,6 @@ class Optimizer:
             self._state = self._state._replace(learning_rate=self._new_learning_rate(number))
 
     # ----------------------------------------------------------------- weights
-    def _weight_fields(self):
-        """The state's fields that `get_weights` lists: `(scalars, slots)`.
-
-        `scalars` are 0-d fields shared by all variables (Nadam's `momentum_cache`);
-        `slots` are the per-variable fields: a `Packed`, or a tuple with one array per
-        variable (Adafactor's factored rows, whose shapes differ from the variable's).
-        Both in field order; fields that are None (a disabled option) are left out.
-        """
-        scalars, slots = [], []
-        n = len(self._vars)
-        for f in self._state._fields[2:]:
-            x = getattr(self._state, f)
-            if x is None:
-                continue
-            if isinstance(x, Packed) or (isinstance(x, tuple) and len(x) == n
-                                         and all(a is None or hasattr(a, "shape") for a in x)):
-                slots.append(f)
-            elif getattr(x, "shape", None) == ():
-                scalars.append(f)
-            else:
-                raise TypeError(
-                    f"{type(self).__name__}: state field {f!r} is neither a 0-d scalar nor "
-                    "per-variable; it cannot be listed by get_weights.")
-        return scalars, slots
-
-    @staticmethod
-    def _slot_leaf(field, j):
-        return field.leaf(j) if isinstance(field, Packed) else field[j]
-
-    @staticmethod
-    def _entry_arrays(leaf) -> list:
-        """The `get_weights` arrays of one slot entry: the array itself, or, for a
-        quantised entry (int8 state), its codes and then its block scales."""
-        if isinstance(leaf, Quantized):
-            return [leaf.codes, leaf.absmax]
-        return [leaf]
-
-    def _slot_entries(self, slots):
-        """`(slot, variable index)` for each per-variable entry, in `get_weights` order.
-
-        Slot by slot, unless the state class sets `weights_by_variable = True` (Ftrl):
-        then variable by variable, each with all its slots.
-        """
-        n = len(self._vars)
-        if getattr(type(self._state), "weights_by_variable", False):
-            return [(name, j) for j in range(n) for name in slots]
-        return [(name, j) for name in slots for j in range(n)]
-
     _keras_slot_groups: tuple[tuple[str, ...], ...] = ()
     """Groups of state fields that Keras creates in one `add_optimizer_variables` call
     (listed variable by variable, e.g. Adam's `(("m", "v"), ("vhat",))`); a field in no
@@ -868,49 +758,23 @@ class Optimizer:
 
     _keras_slot_names: dict[str, str] = {}
     """Keras's names for this optimizer's state fields, where they differ from
-    `_KERAS_SLOT_NAMES` (e.g. RMSprop's `rms` is Keras's `velocity`)."""
+    `weights.KERAS_SLOT_NAMES` (e.g. RMSprop's `rms` is Keras's `velocity`)."""
+
+    def _var_names(self) -> list[str]:
+        return [variable_name(v) for v in self._vars]
+
+    def _weight_fields(self):
+        """`(scalars, slots)`: the state fields `get_weights` lists (`weights.weight_fields`)."""
+        return weights_io.weight_fields(self._state, len(self._vars), type(self).__name__)
 
     def _keras_entries(self) -> list[tuple]:
-        """What `variables` lists, in Keras 3's order: `(field, variable index, part)`.
-
-        The iteration count (with gradient accumulation, the raw call count, as Keras's
-        `iteration` variable), the learning rate unless it is a schedule, then the slots
-        in Keras's creation order: the EMA averages and gradient accumulators, then the
-        optimizer's groups (see `_keras_slot_groups`), each group variable by variable;
-        last, the optimizer's other scalars. A quantised slot gives two entries, its codes
-        and its scales; a slot entry that holds nothing (None) gives none.
-        """
-        scalars, slots = self._weight_fields()
-        counter = "micro_step" if "micro_step" in scalars else "count"
-        entries = [(counter, None, None)]
-        if not callable(self._learning_rate):
-            entries.append(("learning_rate", None, None))
-        groups = [(f,) for f in ("ema", "accum") if f in slots]
-        emitted = {"ema", "accum"}
-        for f in slots:
-            if f not in emitted:
-                group = next((g for g in self._keras_slot_groups if f in g), (f,))
-                groups.append(tuple(x for x in group if x in slots))
-                emitted.update(group)
-        for group in groups:
-            for j in range(len(self._vars)):
-                for f in group:
-                    leaf = self._slot_leaf(getattr(self._state, f), j)
-                    if isinstance(leaf, Quantized):
-                        entries += [(f, j, "codes"), (f, j, "absmax")]
-                    elif leaf is not None and leaf.size:   # (Muon's empty `v` is not listed)
-                        entries.append((f, j, None))
-        entries += [(f, None, None) for f in scalars if f != counter]
-        return entries
+        """What `variables` lists, in Keras 3's order (`weights.keras_entries`)."""
+        return weights_io.keras_entries(self._state, len(self._vars),
+                                        callable(self._learning_rate),
+                                        self._keras_slot_groups, type(self).__name__)
 
     def _entry_name(self, entry) -> str:
-        field, j, part = entry
-        if j is None:
-            return "iteration" if field in ("count", "micro_step") else field
-        base = _var_name(self._vars[j]).split("/")[-1]
-        slot = self._keras_slot_names.get(field) or _KERAS_SLOT_NAMES.get(field, field)
-        name = f"{base}_{slot}"
-        return name if part is None else f"{name}_{'scales' if part == 'absmax' else part}"
+        return weights_io.entry_name(entry, self._var_names(), self._keras_slot_names)
 
     @property
     def variables(self) -> list[OptimizerVariable]:
@@ -940,7 +804,7 @@ class Optimizer:
     def _unflatten(self, entries, flat):
         """The state with the arrays of `entries` replaced by `flat` (traceable). Under
         gradient accumulation the update count follows the raw count, as in Keras."""
-        state = _unflatten_entries(entries, flat, self._state)
+        state = weights_io.unflatten_entries(entries, flat, self._state)
         if entries[0][0] == "micro_step":
             steps = self.gradient_accumulation_steps
             state = state._replace(count=(state.micro_step // steps).astype(state.count.dtype))
@@ -948,14 +812,14 @@ class Optimizer:
 
     def _read_entry(self, entry):
         with LOCK:
-            return jnp.copy(_entry_value(self._state, entry))
+            return jnp.copy(weights_io.entry_value(self._state, entry))
 
     def _write_entry(self, entry, value):
         with LOCK:
-            like = _entry_value(self._state, entry)
-            new = _host_array(value, f"optimizer variable {self._entry_name(entry)!r}", like)
+            like = weights_io.entry_value(self._state, entry)
+            new = weights_io.host_array(value, f"optimizer variable {self._entry_name(entry)!r}", like)
             if entry[0] in ("count", "micro_step"):
-                _check_count(new, "iterations")
+                weights_io.check_count(new, "iterations")
             elif entry[0] == "learning_rate":
                 if callable(self._learning_rate):
                     raise TypeError("The learning rate is a schedule; it cannot be assigned.")
@@ -964,7 +828,7 @@ class Optimizer:
             if entry not in entries:   # `iterations` under gradient accumulation
                 state = self._state._replace(count=jnp.array(new, like.dtype))
             else:
-                flat = [_entry_value(self._state, e) for e in entries]
+                flat = [weights_io.entry_value(self._state, e) for e in entries]
                 flat[entries.index(entry)] = jnp.array(new, like.dtype)
                 state = self._unflatten(entries, flat)
             state = self._on_mesh(state)
@@ -1008,14 +872,7 @@ class Optimizer:
 
     def _weight_arrays(self) -> list:
         """The live arrays `get_weights` lists (wrappers with other layouts override)."""
-        scalars, slots = self._weight_fields()
-        out = [self._state.count]
-        out.extend(getattr(self._state, name) for name in scalars)
-        for name, j in self._slot_entries(slots):
-            leaf = self._slot_leaf(getattr(self._state, name), j)
-            if leaf is not None:
-                out.extend(self._entry_arrays(leaf))
-        return out
+        return weights_io.weight_arrays(self._state, len(self._vars), type(self).__name__)
 
     def set_weights(self, weights) -> None:
         """Load a list produced by `get_weights` (validated in full before any change).
@@ -1024,72 +881,29 @@ class Optimizer:
         slots saved with `np.savez` (which stores them as raw 2-byte records, dtype `|V2`)
         load back as they were.
         """
-        if not self.built:
-            raise ValueError(
-                "You are calling `set_weights()` on an optimizer that has not yet been "
-                "built. Please call `optimizer.build(trainable_variables)` to create the "
-                "optimizer weights before calling `set_weights()`. (kopt: set_weights() "
-                "needs a built optimizer.)")
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+        self._check_weights_list(weights)
         with LOCK:
             state = self._state_from_weights(list(weights))
             self._state, self._iterations = state, jnp.copy(state.count)
             self._state_lent = False
 
-    def _state_from_weights(self, weights):
-        scalars, names = self._weight_fields()
-        entries = self._slot_entries(names)
-        n = len(self._vars)
-        current = [self._slot_leaf(getattr(self._state, name), j) for name, j in entries]
-        n_arrays = sum(len(self._entry_arrays(c)) for c in current if c is not None)
-        expected = 1 + len(scalars) + n_arrays
-        if len(weights) != expected:
-            shared = f"{len(scalars)} scalar(s) {scalars}, then " if scalars else ""
-            n_quantized = sum(isinstance(c, Quantized) for c in current)
-            quantized = (f", {n_quantized} of them quantised (codes and scales)"
-                         if n_quantized else "")
+    def _check_weights_list(self, weights) -> None:
+        """`set_weights` needs a built optimizer and a list (Keras's message first)."""
+        if not self.built:
             raise ValueError(
-                f"set_weights expected a list of {expected} arrays (iterations, then {shared}"
-                f"{len(names)} slot(s) {names} for each of {n} variables{quantized}); "
-                f"received {len(weights)}."
-            )
-        count = _host_array(weights[0], "entry 0 (the iteration count)")
-        _check_count(count, "set_weights: entry 0 (the iteration count)")
-        new = {}
-        for k, name in enumerate(scalars, start=1):
-            like = getattr(self._state, name)
-            new[name] = jnp.array(_host_array(weights[k], f"entry {k} ({name})", like), like.dtype)
-        leaves = {name: [None] * n for name in names}
-        k = 1 + len(scalars)
-        for (name, j), like in zip(entries, current):
-            desc = f"{name} of variable {_var_name(self._vars[j])!r}"
-            if like is None:
-                continue
-            if not isinstance(like, Quantized):
-                leaves[name][j] = jnp.array(
-                    _host_array(weights[k], f"entry {k} ({desc})", like), like.dtype)
-                k += 1
-                continue
-            codes = _host_array(weights[k], f"entry {k} ({desc}, codes)", like.codes)
-            info = np.iinfo(like.codes.dtype)
-            if not np.issubdtype(codes.dtype, np.integer) or (
-                    codes.size and (codes.min() < info.min or codes.max() > info.max)):
-                raise ValueError(
-                    f"set_weights: entry {k} ({desc}, codes) must hold integers in "
-                    f"[{info.min}, {info.max}] ({like.codes.dtype}).")
-            scales = _host_array(weights[k + 1], f"entry {k + 1} ({desc}, block scales)",
-                                 like.absmax)
-            leaves[name][j] = Quantized(jnp.array(codes, like.codes.dtype),
-                                        jnp.array(scales, jnp.float32), like.shape, like.signed)
-            k += 2
-        for name in names:
-            field = getattr(self._state, name)
-            if isinstance(field, Packed):
-                new[name] = Packed.from_leaves(field.layout, leaves[name])
-            else:
-                new[name] = tuple(leaves[name])
-        state = self._state._replace(count=jnp.asarray(int(count), jnp.int32), **new)
+                "You are calling `set_weights()` on an optimizer that has not yet been built. "
+                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
+                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
+                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(
+                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+
+    def _state_from_weights(self, weights):
+        """The state `weights` (a `get_weights` list) describes, validated, the schedule's
+        rate at its count, placed like the current state."""
+        state = weights_io.state_from_weights(weights, self._state, self._var_names(),
+                                              type(self).__name__)
         if callable(self._learning_rate):
             step = getattr(state, "micro_step", None)
             rate = _checked_rate(_rate_at(self._learning_rate, state.count if step is None else step))

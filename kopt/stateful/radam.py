@@ -2,73 +2,15 @@
 
 from __future__ import annotations
 
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.functional.radam import radam
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["RAdam"]
 
 
-class RAdam(Optimizer):
+class RAdam(Optimizer, factory=radam):
     """Rectified Adam (Liu et al., 2020): momentum SGD until Adam's step variance is tractable.
-
-    The update rule, arguments and defaults are those of `kopt.functional.radam` (whose
-    docstring gives the maths and the reference); the rest is the
-    `kopt.optimizers.Optimizer` facade.
-    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
-    element; see `kopt.functional.sgd` and `get_weights` for the layout.
 
     `get_weights()` order: the iteration count, then every variable's `m`, then every
     variable's `v`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, kopt
-      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
-      >>> opt = kopt.optimizers.RAdam()
-      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
-      >>> int(opt.apply_gradients([(grads, w)]))
-      1
     """
-
-    _factory = staticmethod(radam)
-
-    def __init__(
-        self,
-        learning_rate=0.001,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        threshold=5.0,
-        weight_decay=None,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
-        state_dtype=None,
-        min_quantized_size=MIN_QUANTIZED_SIZE,
-        **kwargs,
-    ):
-        super().__init__(
-            learning_rate=learning_rate,
-            hyper=dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, threshold=threshold,
-                       state_dtype=state_dtype, min_quantized_size=min_quantized_size),
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
-            bucket_threshold=bucket_threshold,
-            **kwargs,
-        )

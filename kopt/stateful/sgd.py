@@ -3,66 +3,10 @@
 from __future__ import annotations
 
 from kopt import functional
-from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
-from kopt.functional.quantize import MIN_QUANTIZED_SIZE
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["SGD"]
 
 
-class SGD(Optimizer):
-    """Gradient descent with optional (Nesterov) momentum, as `keras.optimizers.SGD`.
-
-    The update rule, arguments and defaults are those of `kopt.functional.sgd` (whose
-    docstring gives the maths); the rest is the `kopt.optimizers.Optimizer` facade.
-    `state_dtype` ('bfloat16' or 'int8') stores the state in 2 or about 1 byte per
-    element; see `kopt.functional.sgd` and `get_weights` for the layout.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, kopt
-      >>> w = kopt.Variable(jnp.ones((3,)), name="w")
-      >>> opt = kopt.optimizers.SGD()
-      >>> grads = jax.grad(lambda x: jnp.sum(x ** 2))(w.value)
-      >>> int(opt.apply_gradients([(grads, w)]))
-      1
-    """
-
-    _factory = staticmethod(functional.sgd)
-
-    def __init__(
-        self,
-        learning_rate=0.01,
-        momentum=0.0,
-        nesterov=False,
-        weight_decay=None,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        bucket_threshold=DEFAULT_BUCKET_THRESHOLD,
-        state_dtype=None,
-        min_quantized_size=MIN_QUANTIZED_SIZE,
-        **kwargs,
-    ):
-        super().__init__(
-            learning_rate=learning_rate,
-            hyper=dict(momentum=momentum, nesterov=nesterov,
-                       state_dtype=state_dtype, min_quantized_size=min_quantized_size),
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
-            bucket_threshold=bucket_threshold,
-            **kwargs,
-        )
+class SGD(Optimizer, factory=functional.sgd):
+    """Gradient descent with optional (Nesterov) momentum, as `keras.optimizers.SGD`."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kopt.functional.base import Transform, iteration_count
+from kopt.stateful import registry
 from kopt.stateful.optimizer import Optimizer
 
 __all__ = ["TransformOptimizer", "TransformState"]
@@ -233,15 +234,7 @@ class TransformOptimizer(Optimizer):
         Entry 0 sets `iterations` and, where the inner state counts its own steps, that
         count too.
         """
-        if not self.built:
-            raise ValueError(
-                "You are calling `set_weights()` on an optimizer that has not yet been built. "
-                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
-                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
-                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(
-                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
+        self._check_weights_list(weights)
         leaves, treedef = jax.tree.flatten(self._state.inner)
         if len(weights) != 1 + len(leaves):
             raise ValueError(
@@ -287,3 +280,6 @@ class TransformOptimizer(Optimizer):
             "closures. Save opt.state (e.g. with orbax) or opt.get_weights(), and restore it "
             "into Optimizer.from_transform(tx) built on the same variables."
         )
+
+
+registry.register(TransformOptimizer, "internal")

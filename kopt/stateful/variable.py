@@ -11,7 +11,7 @@ import numpy as np
 
 from kopt.stateful import multihost
 
-__all__ = ["Variable", "LOCK"]
+__all__ = ["Variable", "LOCK", "is_variable_like", "read_value", "variable_name", "write_value"]
 
 _uid = itertools.count()
 
@@ -113,3 +113,27 @@ class Variable:
 
     def __repr__(self):
         return f"<kopt.Variable {self.name!r} shape={self.shape} dtype={self.dtype}>"
+
+
+def is_variable_like(v) -> bool:
+    """A kopt.Variable, or any variable-like object (keras.Variable, ...) with `value`,
+    `assign`, `shape` and `dtype`."""
+    if isinstance(v, Variable):
+        return True
+    return all(hasattr(v, a) for a in ("value", "assign", "shape", "dtype"))
+
+
+def read_value(v):
+    return v._value if type(v) is Variable else jnp.asarray(v.value)
+
+
+def write_value(v, value):
+    if type(v) is Variable:
+        v._value = value
+    else:   # keras.Variable and friends: their own assign (no copy needed: we own `value`)
+        v.assign(value)
+
+
+def variable_name(v) -> str:
+    name = getattr(v, "path", None) or getattr(v, "name", None)
+    return str(name) if name is not None else repr(v)
