@@ -301,31 +301,8 @@ def test_stateful_lars_exclusions_and_pickling():
 # --------------------------------------------------------------------------------------
 # Conformance.
 
-QUADRATIC_RATES = {"radam": 0.1, "adabelief": 0.1, "adan": 0.1, "ademamix": 0.05, "lars": 20.0}
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_reduces_a_quadratic_under_jit_without_recompiling(name):
-    tx = FUNCTIONS[name](learning_rate=QUADRATIC_RATES[name])
-    traces = []
-
-    @jax.jit
-    def step(params, state):
-        traces.append(1)
-        grads = jax.grad(conf.quadratic)(params)
-        updates, state = tx.update(grads, state, params)
-        return kf.apply_updates(params, updates), state
-
-    params = jax.tree.map(lambda t: jnp.full_like(t, 0.5), conf.TARGET)   # LARS needs |w| > 0
-    state = tx.init(params)
-    initial = float(conf.quadratic(params))
-    for i in range(100):
-        if i == 50:
-            state = kf.set_learning_rate(state, 0.5 * QUADRATIC_RATES[name])
-        params, state = step(params, state)
-    assert float(conf.quadratic(params)) < 0.1 * initial
-    assert int(kf.iteration_count(state)) == 100
-    assert len(traces) == 1
+# The quadratic, dtype and bucket checks of tests/test_conformance.py run on these
+# optimizers through tests/catalogue.py; the None-leaf layout check stays here.
 
 
 @pytest.mark.parametrize("threshold", THRESHOLDS, ids=lambda n: f"buckets={n}")

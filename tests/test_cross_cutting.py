@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import kopt
+from tests.catalogue import CATALOGUE
 
 SHAPES = [(4, 3), (5,), (2, 3, 2)]
 STEPS = 10
@@ -285,10 +286,9 @@ NEW_ARGS = dict(use_ema=True, ema_momentum=0.95, ema_overwrite_frequency=5,
                 loss_scale_factor=16.0, gradient_accumulation_steps=4)
 
 
-@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adadelta", "Adagrad",
-                                  "Adamax", "Nadam", "Ftrl", "Lion"])
-def test_config_round_trip_and_signature(name):
-    cls = getattr(kopt.optimizers, name)
+@pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
+def test_config_round_trip_and_signature(entry):
+    cls = entry.cls
     opt = cls(**NEW_ARGS)
     config = opt.get_config()
     for k, v in NEW_ARGS.items():
@@ -299,7 +299,7 @@ def test_config_round_trip_and_signature(name):
     assert (defaults["use_ema"], defaults["ema_momentum"], defaults["ema_overwrite_frequency"],
             defaults["loss_scale_factor"], defaults["gradient_accumulation_steps"]) == (
                 False, 0.99, None, None, None)
-    sig = inspect.signature(getattr(kopt.functional, name.lower())).parameters
+    sig = inspect.signature(entry.factory).parameters
     for k in NEW_ARGS:
         assert k in sig
 

@@ -24,7 +24,7 @@ import pytest
 import kopt
 import kopt.schedules as S
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
-from kopt.stateful.registry import ALL_OPTIMIZERS
+from tests.catalogue import CATALOGUE
 
 SHAPES = {"kernel": (4, 3), "bias": (3,)}
 
@@ -77,7 +77,7 @@ def _lso():
     return LossScaleOptimizer(inner, initial_scale=4.0, dynamic_growth_steps=2)
 
 
-EVERY = {name: (lambda cls=cls: _rich(cls)) for name, cls in sorted(ALL_OPTIMIZERS.items())}
+EVERY = {e.name: (lambda cls=e.cls: _rich(cls)) for e in CATALOGUE}
 EVERY["loss_scale_optimizer"] = _lso
 
 
@@ -218,8 +218,7 @@ def _every_option(cls):
     return kwargs
 
 
-CONFIG_CASES = {name: (lambda cls=cls: cls(**_every_option(cls)))
-                for name, cls in sorted(ALL_OPTIMIZERS.items())}
+CONFIG_CASES = {e.name: (lambda cls=e.cls: cls(**_every_option(cls))) for e in CATALOGUE}
 CONFIG_CASES["loss_scale_optimizer"] = lambda: LossScaleOptimizer(
     kopt.optimizers.Nadam(**_every_option(kopt.optimizers.Nadam)), initial_scale=1024.0,
     dynamic_growth_steps=50, name="lso")
