@@ -27,6 +27,7 @@ import kopt
 from kopt.functional.nonfinite import dynamic_loss_scale
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
 from kopt.stateful.registry import ALL_OPTIMIZERS
+from tests.helpers import jit_max_traces
 
 STEPS = 3
 SHAPES = [(), (3,), (2, 3), (4, 1)]
@@ -128,7 +129,7 @@ def test_optimizer_properties(ex):
         updates, state = tx.update(grads, state, params)
         return kopt.functional.apply_updates(params, updates), state
 
-    jit_step = jax.jit(step)
+    jit_step = jit_max_traces(step)
     opt = make_stateful()
     variables = [kopt.Variable(p, name=f"v{i}") for i, p in enumerate(jax.tree.leaves(params))]
 
@@ -151,7 +152,7 @@ def test_optimizer_properties(ex):
         assert _signature(opt.state) == stateful_signature
         assert _avals(opt.state) == _avals(s_jit)   # the same state, over a flat list
         assert int(opt.iterations) == int(kopt.functional.iteration_count(s_jit))
-    assert jit_step._cache_size() == 1 and opt._step._cache_size() == 1
+    assert opt._step._cache_size() == 1   # kopt's own compiled step: no public counter
 
     # get_weights -> set_weights leaves the state bit for bit as it was.
     before = [np.asarray(x) for x in jax.tree.leaves(opt.state)]

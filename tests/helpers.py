@@ -1,0 +1,63 @@
+"""Shared test helpers: tree comparisons, no-recompile checks, jit and eager variants.
+
+Built on chex where it fits:
+
+- `assert_trees_close` / `assert_trees_equal`: `chex.assert_trees_all_close` /
+  `chex.assert_trees_all_equal`, which also check that the trees have one structure (None
+  leaves included). `assert_trees_close` compares in float64, so bfloat16 and float16
+  leaves are compared by value against float32 or float64 references.
+- `jit_max_traces(fn, n=1)`: `jax.jit` of `chex.assert_max_traces(fn, n)`. A retrace (and so a
+  recompile) raises at once, naming the function. This replaces counting JAX's private
+  `_cache_size()` on a jitted function the test defines. A stateful optimizer's own
+  compiled step (`opt._step`) is internal to kopt: its executable count has no public
+  counterpart, so those checks keep `_cache_size()`.
+- `VARIANTS`: run a test body jitted and eagerly. `chex.variants` needs `chex.TestCase`
+  (absltest classes); the suite's tests are pytest functions, so the same two variants are
+  a pytest parametrization here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+
+def _as_float64(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def assert_trees_close(actual, expected, rtol: float = 1e-6, atol: float = 1e-7) -> None:
+    """Same structure, and every leaf close in float64 (`chex.assert_trees_all_close`)."""
+    chex.assert_trees_all_close(_as_float64(actual), _as_float64(expected), rtol=rtol, atol=atol)
+
+
+def assert_trees_equal(actual, expected, *, dtypes: bool = False) -> None:
+    """Same structure, and every leaf equal (`chex.assert_trees_all_equal`); with
+    `dtypes=True` the leaves' dtypes must match too."""
+    if dtypes:
+        chex.assert_trees_all_equal_dtypes(actual, expected)
+    chex.assert_trees_all_equal(actual, expected)
+
+
+def jit_max_traces(fn: Callable[..., Any], n: int = 1, **jit_kwargs) -> Callable[..., Any]:
+    """`jax.jit(fn)` that raises `AssertionError` when `fn` is traced more than `n` times.
+
+    chex keys its trace counters by where and how `fn` is defined, so a test that runs
+    twice (parametrized) would count both runs: the counters are cleared here, when the
+    test makes its jitted function.
+    """
+    chex.clear_trace_counter()
+    return jax.jit(chex.assert_max_traces(fn, n=n), **jit_kwargs)
+
+
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn
+
+
+# `@VARIANTS` gives a test a `variant` argument: `jax.jit` or the identity.
+VARIANTS = pytest.mark.parametrize("variant", [jax.jit, _eager], ids=["jit", "eager"])
