@@ -7,10 +7,11 @@ Built on chex where it fits:
   leaves included). `assert_trees_close` compares in float64, so bfloat16 and float16
   leaves are compared by value against float32 or float64 references.
 - `jit_max_traces(fn, n=1)`: `jax.jit` of `chex.assert_max_traces(fn, n)`. A retrace (and so a
-  recompile) raises at once, naming the function. This replaces counting JAX's private
-  `_cache_size()` on a jitted function the test defines. A stateful optimizer's own
-  compiled step (`opt._step`) is internal to kopt: its executable count has no public
-  counterpart, so those checks keep `_cache_size()`.
+  recompile) raises at once, naming the function. This replaces reading JAX's private
+  compile-cache size on a jitted function the test defines. Two checks keep that private
+  counter: a stateful optimizer's own compiled step (`opt._step`) is internal to kopt,
+  with no public counterpart, and a restored checkpoint's arrays could recompile through
+  their placement without a retrace, which a trace counter cannot see.
 - `VARIANTS`: run a test body jitted and eagerly. `chex.variants` needs `chex.TestCase`
   (absltest classes); the suite's tests are pytest functions, so the same two variants are
   a pytest parametrization here.
@@ -18,6 +19,8 @@ Built on chex where it fits:
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,15 +47,23 @@ def assert_trees_equal(actual, expected, *, dtypes: bool = False) -> None:
     chex.assert_trees_all_equal(actual, expected)
 
 
+_JITTED = itertools.count()
+
+
 def jit_max_traces(fn: Callable[..., Any], n: int = 1, **jit_kwargs) -> Callable[..., Any]:
     """`jax.jit(fn)` that raises `AssertionError` when `fn` is traced more than `n` times.
 
-    chex keys its trace counters by where and how `fn` is defined, so a test that runs
-    twice (parametrized) would count both runs: the counters are cleared here, when the
-    test makes its jitted function.
+    chex keys its trace counters by where and how `fn` is defined (the definition's stack,
+    source and name), so two jitted functions made by one factory, or one test run twice
+    (parametrized), would share a counter: each call here gives `fn` a name of its own.
     """
-    chex.clear_trace_counter()
-    return jax.jit(chex.assert_max_traces(fn, n=n), **jit_kwargs)
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    traced.__name__ = f"{getattr(fn, '__name__', 'fn')}_{next(_JITTED)}"
+    return jax.jit(chex.assert_max_traces(traced, n=n), **jit_kwargs)
 
 
 def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,6 +23,20 @@ def test_jit_max_traces_counts_each_test_run_afresh(run):
     assert float(step(jnp.float32(run))[()]) == run + 1
 
 
+def test_jit_max_traces_counts_each_function_of_one_factory_apart():
+    def make(scale):
+        def step(x):
+            return scale * x
+        return jit_max_traces(step)
+
+    first, second = make(2.0), make(3.0)
+    first(jnp.ones(3))
+    second(jnp.ones(3))   # its own first trace, not the factory's second
+    first(jnp.ones(3))
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        first(jnp.ones(5))
+
+
 def test_tree_comparisons_check_structure_and_values():
     a = {"w": jnp.ones(3, jnp.bfloat16), "n": None}
     assert_trees_close(a, {"w": jnp.ones(3, jnp.float32), "n": None})
