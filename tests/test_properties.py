@@ -1,7 +1,7 @@
 """Property-based tests (issue #8 section 6) with hypothesis.
 
 Over random small pytrees (dicts, lists and nesting; shapes of rank 0 to 2; float32,
-bfloat16 and float16 leaves), optimizers from `kopt.stateful.registry.ALL_OPTIMIZERS`
+bfloat16 and float16 leaves), optimizers from `tests/catalogue.py`
 with random cross-cutting options, sometimes wrapped in dynamic loss scaling with a
 non-finite step, one example checks all four properties over three steps:
 
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import kopt
 from kopt.functional.nonfinite import dynamic_loss_scale
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
-from kopt.stateful.registry import ALL_OPTIMIZERS
+from tests.catalogue import BY_NAME
 from tests.helpers import jit_max_traces
 
 STEPS = 3
@@ -62,7 +62,7 @@ def examples(draw):
     return dict(
         shapes=shapes, dtypes=dtypes,
         layout=draw(st.sampled_from(["dict", "list", "nested"])),
-        name=draw(st.sampled_from(sorted(ALL_OPTIMIZERS))),
+        name=draw(st.sampled_from(sorted(BY_NAME))),
         options=draw(st.sampled_from(OPTIONS)),
         loss_scale=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
@@ -112,7 +112,7 @@ def test_optimizer_properties(ex):
             g[0] = np.full(ex["shapes"][0], np.inf, np.float32)   # skipped, scale halved
         grads_seq.append(_tree([jnp.asarray(x, d) for x, d in zip(g, ex["dtypes"])], ex["layout"]))
 
-    cls = ALL_OPTIMIZERS[ex["name"]]
+    cls = BY_NAME[ex["name"]].cls
     # With 16-bit params, jit may keep an intermediate param wider than eager does (XLA's
     # excess precision), which moves values derived from it by about a 16-bit ulp.
     loose = any(jnp.dtype(d).itemsize < 4 for d in ex["dtypes"])
