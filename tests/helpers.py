@@ -50,11 +50,12 @@ def assert_trees_equal(actual, expected, *, dtypes: bool = False) -> None:
 _JITTED = itertools.count()
 
 
-def jit_max_traces(fn: Callable[..., Any], n: int = 1, **jit_kwargs) -> Callable[..., Any]:
-    """`jax.jit(fn)` that raises `AssertionError` when `fn` is traced more than `n` times.
+def max_traces(fn: Callable[..., Any], n: int = 1) -> Callable[..., Any]:
+    """`fn`, raising `AssertionError` when traced more than `n` times (by any jit, kopt's
+    own compiled step included): `chex.assert_max_traces` with a counter of its own.
 
     chex keys its trace counters by where and how `fn` is defined (the definition's stack,
-    source and name), so two jitted functions made by one factory, or one test run twice
+    source and name), so two functions made by one factory, or one test run twice
     (parametrized), would share a counter: each call here gives `fn` a name of its own.
     """
 
@@ -63,7 +64,12 @@ def jit_max_traces(fn: Callable[..., Any], n: int = 1, **jit_kwargs) -> Callable
         return fn(*args, **kwargs)
 
     traced.__name__ = f"{getattr(fn, '__name__', 'fn')}_{next(_JITTED)}"
-    return jax.jit(chex.assert_max_traces(traced, n=n), **jit_kwargs)
+    return chex.assert_max_traces(traced, n=n)
+
+
+def jit_max_traces(fn: Callable[..., Any], n: int = 1, **jit_kwargs) -> Callable[..., Any]:
+    """`jax.jit(fn)` that raises `AssertionError` when `fn` is traced more than `n` times."""
+    return jax.jit(max_traces(fn, n), **jit_kwargs)
 
 
 def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
