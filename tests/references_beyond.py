@@ -10,12 +10,15 @@ and returns the trajectory: a list with the params (float64) after every call.
 
 1. gradients are divided by `loss_scale_factor`;
 2. with `gradient_accumulation_steps=N`, they are summed, and only every N-th call makes
-   an update, on their mean (then the sum restarts); other calls change nothing;
+   an update, on their mean (then the sum restarts); other calls change no weight;
 3. an update clips (`references.clip_gradients`), applies the decoupled weight decay
    `w -= w * weight_decay * lr` where the mask allows, then the rule, with `t` the number
    of updates so far including this one and `lr` the schedule at the raw call count;
-4. with `use_ema`, after every update `ema = m ema + (1 - m) w` (`m = 0` on the first),
-   and with `ema_overwrite_frequency=F` every F-th update sets `w = ema`.
+4. with `use_ema`, after every call, an update or not, `ema = m ema + (1 - m) w`, with
+   `m = 0` until a first update has been done before the call; with
+   `ema_overwrite_frequency=F`, a call sets `w = ema` when (updates before it + 1) % F
+   is 0. This is Keras 3's order (`JaxOptimizer._backend_apply_gradients`) and
+   `references_muon_sf._loop`'s; `test_beyond_keras.py` checks both loops against Keras.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ def _run(init, update, params, grads_seq, learning_rate, *, weight_decay=None,
          weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
          loss_scale_factor=None, gradient_accumulation_steps=None, use_ema=False,
          ema_momentum=0.99, ema_overwrite_frequency=None):
-    """`init(w) -> slots dict`; `update(w, g, slots, lr, t, i) -> new w` (leaf index `i`)."""
+    """`init(w) -> slots dict`; `update(w, g, slots, lr, t, i) -> new w` (leaf index `i`).
+
+    Keras 3's `apply` (jax backend): with accumulation N, call k adds to the sum and, when
+    (k + 1) % N == 0, runs on the mean and resets. The EMA is updated after every call,
+    real update or not, with momentum 0 while no real update has been done before the
+    call, and overwrites the weights when (updates before the call + 1) % F == 0.
+    """
     w = [np.array(p, np.float64) for p in params]
     slots = [init(x) for x in w]
     decays = [True] * len(w) if weight_decay_mask is None else list(weight_decay_mask)
@@ -45,28 +54,30 @@ def _run(init, update, params, grads_seq, learning_rate, *, weight_decay=None,
     updates = 0
     out = []
     for call, grads in enumerate(grads_seq):
+        done = updates
         grads = [np.asarray(g, np.float64) for g in grads]
         if loss_scale_factor is not None:
             grads = [g / loss_scale_factor for g in grads]
+        run = True
         if gradient_accumulation_steps:
             accum = [a + g for a, g in zip(accum, grads)]
-            if (call + 1) % gradient_accumulation_steps:
-                out.append([x.copy() for x in w])
-                continue
-            grads = [a / gradient_accumulation_steps for a in accum]
-            accum = [np.zeros_like(x) for x in w]
-        lr = learning_rate(call) if callable(learning_rate) else learning_rate
-        grads = clip_gradients(grads, clipnorm, clipvalue, global_clipnorm)
-        if weight_decay:
-            w = [x - x * weight_decay * lr if d else x for x, d in zip(w, decays)]
-        t = updates + 1
-        w = [update(x, g, s, lr, t, i) for i, (x, g, s) in enumerate(zip(w, grads, slots))]
+            run = (call + 1) % gradient_accumulation_steps == 0
+            if run:
+                grads = [a / gradient_accumulation_steps for a in accum]
+                accum = [np.zeros_like(x) for x in w]
+        if run:
+            lr = learning_rate(call) if callable(learning_rate) else learning_rate
+            grads = clip_gradients(grads, clipnorm, clipvalue, global_clipnorm)
+            if weight_decay:
+                w = [x - x * weight_decay * lr if d else x for x, d in zip(w, decays)]
+            t = updates + 1
+            w = [update(x, g, s, lr, t, i) for i, (x, g, s) in enumerate(zip(w, grads, slots))]
+            updates = t
         if use_ema:
-            m = 0.0 if updates == 0 else ema_momentum
+            m = 0.0 if done == 0 else ema_momentum
             ema = [m * e + (1 - m) * x for e, x in zip(ema, w)]
-            if ema_overwrite_frequency and t % ema_overwrite_frequency == 0:
+            if ema_overwrite_frequency and (done + 1) % ema_overwrite_frequency == 0:
                 w = [e.copy() for e in ema]
-        updates = t
         out.append([x.copy() for x in w])
     return out
 

@@ -1,4 +1,4 @@
-"""Conformance tests for every optimizer of kopt.functional, driven by one registry.
+"""Conformance tests for every optimizer of kopt.functional, driven by tests/catalogue.py.
 
 Each entry must reduce a quadratic under jit, keep its state's structure and dtypes across
 `update`, preserve the gradient dtype (bf16, f32, f64), handle dicts, tuples and `None`
@@ -16,25 +16,22 @@ import pytest
 
 import kopt
 import kopt.functional as kf
+from tests.helpers import assert_trees_close, jit_max_traces
+
+try:
+    from tests.catalogue import configurations
+except ImportError:  # pragma: no cover
+    from catalogue import configurations
 
 
 def _factory(fn, **defaults):
     return lambda **kw: fn(**{**defaults, **kw})
 
 
-# (name, factory): factory(**overrides) -> Transform. The learning rates suit the quadratic.
-REGISTRY = [
-    ("sgd", _factory(kf.sgd, learning_rate=0.1)),
-    ("sgd-momentum", _factory(kf.sgd, learning_rate=0.05, momentum=0.9)),
-    ("sgd-nesterov", _factory(kf.sgd, learning_rate=0.05, momentum=0.9, nesterov=True)),
-    ("rmsprop", _factory(kf.rmsprop, learning_rate=0.05)),
-    ("rmsprop-centered-momentum", _factory(kf.rmsprop, learning_rate=0.01, momentum=0.9, centered=True)),
-    ("adam", _factory(kf.adam, learning_rate=0.1)),
-    ("adam-amsgrad", _factory(kf.adam, learning_rate=0.1, amsgrad=True)),
-    ("adamw", _factory(kf.adamw, learning_rate=0.1)),
-    ("adafactor", _factory(kf.adafactor, learning_rate=0.3)),
-    ("lamb", _factory(kf.lamb, learning_rate=0.1)),
-]
+# (name, factory): factory(**overrides) -> Transform, for every optimizer of the catalogue
+# (tests/catalogue.py) and its variants. The learning rates suit the quadratic.
+ENTRIES = dict(configurations())
+REGISTRY = [(name, _factory(e.factory, **e.hparams)) for name, e in ENTRIES.items()]
 NAMES = [name for name, _ in REGISTRY]
 FACTORIES = dict(REGISTRY)
 LEARNING_RATES = {
@@ -54,14 +51,6 @@ def small_params(dtype=jnp.float32):
 def random_like(tree, seed=0):
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda x: jnp.asarray(rng.normal(size=np.shape(x)), x.dtype), tree)
-
-
-def assert_trees_close(actual, expected, rtol=1e-6, atol=1e-7):
-    a_leaves, a_def = jax.tree.flatten(actual)
-    e_leaves, e_def = jax.tree.flatten(expected)
-    assert a_def == e_def
-    for a, e in zip(a_leaves, e_leaves):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol)
 
 
 def state_signature(state):
@@ -91,16 +80,13 @@ def quadratic(params):
 def test_reduces_a_quadratic_under_jit_without_recompiling(name):
     """100 jitted steps cut the loss by far; changing the learning rate midway compiles nothing."""
     tx = FACTORIES[name]()
-    traces = []
-
-    @jax.jit
+    @jit_max_traces   # a second trace (a new learning rate, a second step) raises
     def step(params, state):
-        traces.append(1)
         loss, grads = jax.value_and_grad(quadratic)(params)
         updates, state = tx.update(grads, state, params)
         return kf.apply_updates(params, updates), state, loss
 
-    params = jax.tree.map(jnp.zeros_like, TARGET)
+    params = jax.tree.map(lambda t: jnp.full_like(t, ENTRIES[name].quadratic_start), TARGET)
     state = tx.init(params)
     # The jitted step computes what the eager one does.
     eager_updates, _ = tx.update(jax.grad(quadratic)(params), state, params)
@@ -112,9 +98,8 @@ def test_reduces_a_quadratic_under_jit_without_recompiling(name):
         if i == 50:
             state = kf.set_learning_rate(state, 0.5 * LEARNING_RATES[name])
         params, state, _ = step(params, state)
-    assert float(quadratic(params)) < 0.02 * initial
+    assert float(quadratic(params)) < ENTRIES[name].quadratic_fraction * initial
     assert int(kf.iteration_count(state)) == 100
-    assert len(traces) == 1, "a second step or a new learning rate retraced the update"
 
 
 BUCKETS = pytest.mark.parametrize(
@@ -196,7 +181,8 @@ def test_none_gradient_leaves_its_param_and_state_unchanged(name, buckets):
     for field, slot in packed_fields(state).items():
         new_slot = getattr(new_state, field)
         np.testing.assert_array_equal(new_slot.leaf(0), slot.leaf(0), err_msg=field)
-        assert not np.array_equal(new_slot.leaf(1), slot.leaf(1)), field
+        if np.size(slot.leaf(1)):   # Muon keeps no AdamW moment for a matrix
+            assert not np.array_equal(new_slot.leaf(1), slot.leaf(1)), field
 
 
 @by_name
@@ -250,7 +236,11 @@ def test_set_learning_rate_scales_the_first_update(name):
     assert float(kf.current_learning_rate(faster)) == pytest.approx(3 * LEARNING_RATES[name])
     assert state_signature(faster) == state_signature(state)
     scaled, _ = tx.update(grads, faster, params)
-    assert_trees_close(scaled, jax.tree.map(lambda u: 3 * u, base), rtol=1e-5)
+    if ENTRIES[name].linear_in_learning_rate:
+        assert_trees_close(scaled, jax.tree.map(lambda u: 3 * u, base), rtol=1e-5)
+    else:   # the new rate still reaches the step (tests/catalogue.py says why it is not linear)
+        for u, b in zip(jax.tree.leaves(scaled), jax.tree.leaves(base)):
+            assert not np.allclose(u, b)
 
 
 @by_name
@@ -326,11 +316,8 @@ def test_set_learning_rate_rejects_bad_values():
 def test_schedule_steps_compile_nothing_new_and_are_reported():
     schedule = kopt.schedules.ExponentialDecay(0.1, decay_steps=2, decay_rate=0.5)
     tx = kf.adam(schedule)
-    traces = []
-
-    @jax.jit
+    @jit_max_traces   # a second trace (a new learning rate, a second step) raises
     def step(params, state, grads):
-        traces.append(1)
         updates, state = tx.update(grads, state, params)
         return kf.apply_updates(params, updates), state
 
@@ -340,16 +327,12 @@ def test_schedule_steps_compile_nothing_new_and_are_reported():
         assert float(kf.current_learning_rate(state)) == pytest.approx(0.1 * 0.5 ** (k / 2))
         params, state = step(params, state, random_like(params, k))
     assert int(kf.iteration_count(state)) == 5
-    assert len(traces) == 1
 
 
 def test_set_learning_rate_in_a_chain_compiles_nothing_new():
     tx = kf.chain(kf.clip_by_global_norm(1.0), kf.sgd(0.1, momentum=0.9))
-    traces = []
-
-    @jax.jit
+    @jit_max_traces   # a second trace (a new learning rate, a second step) raises
     def step(params, state, grads):
-        traces.append(1)
         updates, state = tx.update(grads, state, params)
         return kf.apply_updates(params, updates), state
 
@@ -360,7 +343,6 @@ def test_set_learning_rate_in_a_chain_compiles_nothing_new():
     assert float(kf.current_learning_rate(state)) == pytest.approx(0.01)
     params, state = step(params, state, random_like(params, 1))
     assert int(kf.iteration_count(state)) == 2
-    assert len(traces) == 1
 
 
 # --------------------------------------------------------------------------------------

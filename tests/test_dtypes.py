@@ -20,7 +20,7 @@ import pytest
 import kopt
 from kopt.functional.nonfinite import dynamic_loss_scale, skip_nonfinite
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
-from kopt.stateful.registry import ALL_OPTIMIZERS
+from tests.catalogue import CATALOGUE
 
 F32 = jnp.dtype(jnp.float32)
 
@@ -35,7 +35,7 @@ def _transforms():
     """name -> factory of a functional transform (bucketing off, so state leaves keep
     their param's shape)."""
     out = {}
-    for name, cls in sorted(ALL_OPTIMIZERS.items()):
+    for name, cls in sorted((e.name, e.cls) for e in CATALOGUE):
         # The cross-cutting state (EMA, accumulator) too; the core step runs in lax.cond.
         out[name] = lambda cls=cls: cls(
             bucket_threshold=0, use_ema=True, gradient_accumulation_steps=2).transform

@@ -3,7 +3,7 @@
 `tests/test_errors.py` already checks each misuse once on Adam and SGD. This table covers
 every item of the issue's list again where that file does not reach:
 
-- every optimizer in `kopt.stateful.registry.ALL_OPTIMIZERS` (the constructor checks);
+- every optimizer of `tests/catalogue.py` (the constructor checks);
 - `LossScaleOptimizer`, whose weights list and compiled step wrap an inner optimizer;
 - the state layouts with a shared scalar (Nadam) and alternating slots (Ftrl);
 - the functional guards (`skip_nonfinite`, `dynamic_loss_scale`) and transforms.
@@ -29,7 +29,7 @@ import pytest
 import kopt
 from kopt.functional.nonfinite import dynamic_loss_scale, skip_nonfinite
 from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
-from kopt.stateful.registry import ALL_OPTIMIZERS
+from tests.catalogue import CATALOGUE
 
 # The items of the list; every one must have rows in the table.
 UNKNOWN_ARG = "an unknown constructor argument"
@@ -148,7 +148,7 @@ def _with(weights, index, value):
 
 def _registry_rows():
     rows = []
-    for name, cls in sorted(ALL_OPTIMIZERS.items()):
+    for name, cls in sorted((e.name, e.cls) for e in CATALOGUE):
         params = inspect.signature(cls.__init__).parameters
         rows += [
             Case(UNKNOWN_ARG, f"{name}-unknown", lambda c, cls=cls: cls(learning_rat=0.1),

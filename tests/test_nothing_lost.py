@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import kopt
-from kopt.stateful.registry import ALL_OPTIMIZERS
+from tests.catalogue import BY_NAME
 
 SHAPES = {"kernel": (6, 4), "bias": (4,)}
 
@@ -62,12 +62,12 @@ def _exploding_schedule(at_step: int):
 
 # --------------------------------------------------------------------------- failures
 
-@pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(BY_NAME))
 def test_exception_inside_the_compiled_step_changes_nothing(name):
     """Every optimizer: an exception raised while the compiled step runs (here by a host
     callback in the schedule) leaves the variables and the state bit for bit unchanged,
     readable, and the optimizer usable."""
-    opt = ALL_OPTIMIZERS[name](learning_rate=_exploding_schedule(3))
+    opt = BY_NAME[name].cls(learning_rate=_exploding_schedule(3))
     variables = _variables()
     for _ in range(2):
         opt.apply_gradients(zip(_grads(), variables))

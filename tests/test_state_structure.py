@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import kopt.functional as kf
 from kopt.functional.buckets import Packed, Stub
+from tests.helpers import jit_max_traces
 
 optax = pytest.importorskip("optax")
 
@@ -125,10 +126,9 @@ def test_map_params_works_on_every_state(case):
 
     # The identity map gives a state the jitted step takes, without recompiling.
     same = optax.tree.map_params(tx, jnp.copy, state, transform_non_params=jnp.copy)
-    step = jax.jit(tx.update)
+    step = jit_max_traces(tx.update)
     expected = step(grads, state, params)
     got = step(grads, same, params)
-    assert step._cache_size() == 1
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -119,7 +119,7 @@ def lars(
       ...                           trust_ratio_mask={"w": True, "b": False},
       ...                           weight_decay_mask={"w": True, "b": False})
       >>> state = tx.init(params)
-      >>> grads = jax.grad(lambda p: jnp.sum((p["w"] + p["b"]) ** 2))(params)
+      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2))(params)
       >>> updates, state = jax.jit(tx.update)(grads, state, params)
       >>> params = kopt.functional.apply_updates(params, updates)
 

@@ -82,8 +82,15 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
     Build the state in place under jit, place a state made eagerly (its counters are made
     on one device), or give the target shardings to a checkpoint restore:
 
-    >>> state = jax.jit(tx.init, out_shardings=state_shardings(tx, params))(params)  # doctest: +SKIP
-    >>> state = jax.device_put(state, state_shardings(state, params))             # doctest: +SKIP
+    >>> import jax, jax.numpy as jnp, kopt
+    >>> from kopt.functional.sharding import state_shardings
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    >>> params = jax.device_put({"w": jnp.ones((8, 4))}, jax.NamedSharding(mesh, jax.P("data")))
+    >>> tx = kopt.functional.adam(1e-3)
+    >>> state = jax.jit(tx.init, out_shardings=state_shardings(tx, params))(params)
+    >>> state = jax.device_put(state, state_shardings(state, params))
+    >>> jax.tree.leaves(state.m)[0].sharding.spec
+    P('data',)
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     owner = {tuple(path): p for path, p in flat}
@@ -149,9 +156,14 @@ def shard_state(tx: Transform, mesh: Mesh, axis: str = "data") -> Transform:
         Default "data".
 
     Example:
-      >>> mesh = jax.make_mesh((8,), ("data",))                      # doctest: +SKIP
+      >>> import jax, jax.numpy as jnp, kopt
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
       >>> tx = kopt.functional.sharding.shard_state(kopt.functional.adam(1e-3), mesh)
-      >>> state = jax.jit(tx.init)(params)  # m and v split 8 ways  # doctest: +SKIP
+      >>> params = {"w": jnp.ones((8, 4))}
+      >>> with jax.set_mesh(mesh):
+      ...     state = jax.jit(tx.init)(params)  # m and v split over the "data" axis
+      >>> [leaf.sharding.spec for leaf in jax.tree.leaves(state.m)]
+      [P('data', None)]
 
     Reference: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion
     Parameter Models" (2020), stage 1 (optimizer state partitioning).
@@ -243,7 +255,9 @@ def aggregate_gradients(axis_name: str | tuple[str, ...], op: str = "sum") -> Tr
       op: "sum" or "mean". Default "sum".
 
     Example:
-      >>> tx = kopt.functional.chain(aggregate_gradients("data", "mean"),   # doctest: +SKIP
+      >>> import kopt
+      >>> from kopt.functional.sharding import aggregate_gradients
+      >>> tx = kopt.functional.chain(aggregate_gradients("data", "mean"),
       ...                            kopt.functional.adam(1e-3))
     """
     if op not in ("sum", "mean"):

@@ -35,7 +35,7 @@ class LARS(Optimizer, factory=lars):
       >>> opt = kopt.optimizers.LARS(1.0, coupled_weight_decay=1e-4,
       ...                            exclude_from_layer_adaptation=["bias"])
       >>> opt.exclude_from_weight_decay(var_names=["bias"])
-      >>> grads = jax.grad(lambda p: jnp.sum((p[0] + p[1]) ** 2))([w.value, b.value])
+      >>> grads = jax.grad(lambda p: jnp.sum(p[0] ** 2) + jnp.sum(p[1] ** 2))([w.value, b.value])
       >>> int(opt.apply_gradients(zip(grads, [w, b])))
       1
     """
