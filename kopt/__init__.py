@@ -2,6 +2,7 @@
 
 from kopt import functional, optimizers, schedules
 from kopt.stateful import (
+    ADOPT,
     LARS,
     SGD,
     AdaBelief,
@@ -53,6 +54,7 @@ __all__ = [
     "RAdam",
     "AdaBelief",
     "Adan",
+    "ADOPT",
     "AdEMAMix",
     "LARS",
     "Muon",

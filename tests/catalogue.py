@@ -53,6 +53,9 @@ class Entry(NamedTuple):
     # Whether the first update scales with the learning rate (Ftrl's does not: its
     # learning rate also enters the denominator of the closed-form step).
     linear_in_learning_rate: bool = True
+    # Updates at the start that leave the params where they are (ADOPT's first step only
+    # records the second moment).
+    silent_steps: int = 0
 
     @property
     def factory(self):
@@ -98,6 +101,8 @@ CATALOGUE: tuple[Entry, ...] = (
           dict(learning_rate=0.05)),
     Entry("lars", "lars", "LARS", ("momentum",), _ref_beyond.lars, dict(learning_rate=20.0),
           quadratic_start=0.5, quadratic_fraction=0.1),   # the trust ratio needs |w| > 0
+    Entry("adopt", "adopt", "ADOPT", ("m", "v"), _ref_beyond.adopt, dict(learning_rate=0.1),
+          silent_steps=1),
     Entry("muon", "muon", "Muon", ("m", "v"), _ref_msf.muon, dict(learning_rate=0.2)),
     Entry("schedulefreeadamw", "schedule_free_adamw", "ScheduleFreeAdamW", ("z", "v"),
           _ref_msf.schedule_free_adamw, dict(learning_rate=0.1)),

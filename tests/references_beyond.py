@@ -32,7 +32,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from references import clip_gradients
 
-__all__ = ["radam", "adabelief", "adan", "ademamix", "lars"]
+__all__ = ["radam", "adabelief", "adan", "ademamix", "lars", "adopt"]
 
 
 def _run(init, update, params, grads_seq, learning_rate, *, weight_decay=None,
@@ -202,3 +202,22 @@ def lars(params, grads_seq, learning_rate=1.0, momentum=0.9, nesterov=False,
         return w + (momentum * s["v"] - lr * g if nesterov else s["v"])
 
     return _run(_zeros("v"), update, params, grads_seq, learning_rate, **options)
+
+
+def adopt(params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.9999, epsilon=1e-6,
+          **options):
+    """Taniguchi et al. (2024), Algorithm 1 without clipping.
+
+    t = 1: v = g^2 (no move). Then m = b1 m + (1 - b1) g / max(sqrt(v), eps);
+    v = b2 v + (1 - b2) g^2; w -= lr m.
+    """
+
+    def update(w, g, s, lr, t, i):
+        if t == 1:
+            s["v"] = g**2
+            return w
+        s["m"] = beta_1 * s["m"] + (1 - beta_1) * g / np.maximum(np.sqrt(s["v"]), epsilon)
+        s["v"] = beta_2 * s["v"] + (1 - beta_2) * g**2
+        return w - lr * s["m"]
+
+    return _run(_zeros("m", "v"), update, params, grads_seq, learning_rate, **options)

@@ -9,6 +9,7 @@ from kopt.functional.adamax import AdamaxState, adamax
 from kopt.functional.adamw import adamw
 from kopt.functional.adan import AdanState, adan
 from kopt.functional.ademamix import AdEMAMixState, ademamix
+from kopt.functional.adopt import AdoptState, adopt
 from kopt.functional.base import (
     Transform,
     apply_updates,
@@ -122,6 +123,8 @@ __all__ = [
     "AdaBeliefState",
     "adan",
     "AdanState",
+    "adopt",
+    "AdoptState",
     "ademamix",
     "AdEMAMixState",
     "lars",

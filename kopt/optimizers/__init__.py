@@ -1,67 +1,10 @@
-"""kopt.optimizers: the stateful, Keras-style optimizers (code in `kopt.stateful`)."""
+"""kopt.optimizers: the stateful, Keras-style optimizers (code in `kopt.stateful`).
 
+The same objects as `kopt.stateful` (every name of its `__all__`), plus `schedules`.
+"""
+
+from kopt import stateful as _stateful
 from kopt.optimizers import schedules
-from kopt.stateful import (
-    LARS,
-    SGD,
-    AdaBelief,
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Adan,
-    AdEMAMix,
-    Ftrl,
-    Lamb,
-    Lion,
-    LossScaleOptimizer,
-    MultiOptimizer,
-    Muon,
-    Nadam,
-    Optimizer,
-    OptimizerMap,
-    RAdam,
-    RMSprop,
-    ScheduleFreeAdamW,
-    TransformOptimizer,
-    TransformState,
-    Variable,
-    deserialize,
-    get,
-    serialize,
-)
+from kopt.stateful import *  # noqa: F403 - the names of kopt.stateful.__all__, re-exported
 
-__all__ = [
-    "Optimizer",
-    "Variable",
-    "SGD",
-    "RMSprop",
-    "Adam",
-    "AdamW",
-    "Adadelta",
-    "Adagrad",
-    "Adamax",
-    "Nadam",
-    "Ftrl",
-    "Lion",
-    "get",
-    "serialize",
-    "deserialize",
-    "schedules",
-    "Adafactor",
-    "Lamb",
-    "MultiOptimizer",
-    "OptimizerMap",
-    "RAdam",
-    "AdaBelief",
-    "Adan",
-    "AdEMAMix",
-    "LARS",
-    "TransformOptimizer",
-    "TransformState",
-    "Muon",
-    "ScheduleFreeAdamW",
-    "LossScaleOptimizer",
-]
+__all__ = [*_stateful.__all__, "schedules"]

@@ -9,6 +9,7 @@ from kopt.stateful.adamax import Adamax
 from kopt.stateful.adamw import AdamW
 from kopt.stateful.adan import Adan
 from kopt.stateful.ademamix import AdEMAMix
+from kopt.stateful.adopt import ADOPT
 from kopt.stateful.ftrl import Ftrl
 from kopt.stateful.lamb import Lamb
 from kopt.stateful.lars import LARS
@@ -49,6 +50,7 @@ __all__ = [
     "RAdam",
     "AdaBelief",
     "Adan",
+    "ADOPT",
     "AdEMAMix",
     "LARS",
     "TransformOptimizer",
