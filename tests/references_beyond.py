@@ -205,18 +205,21 @@ def lars(params, grads_seq, learning_rate=1.0, momentum=0.9, nesterov=False,
 
 
 def adopt(params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.9999, epsilon=1e-6,
-          **options):
-    """Taniguchi et al. (2024), Algorithm 1 without clipping.
+          use_clipping=True, **options):
+    """Taniguchi et al. (2024), Algorithm 1, with the clipped variant's bound (t - 1)^(1/4).
 
-    t = 1: v = g^2 (no move). Then m = b1 m + (1 - b1) g / max(sqrt(v), eps);
-    v = b2 v + (1 - b2) g^2; w -= lr m.
+    t = 1: v = g^2 (no move). Then n = g / max(sqrt(v), eps), clipped to +-(t - 1)^(1/4)
+    if use_clipping; m = b1 m + (1 - b1) n; v = b2 v + (1 - b2) g^2; w -= lr m.
     """
 
     def update(w, g, s, lr, t, i):
         if t == 1:
             s["v"] = g**2
             return w
-        s["m"] = beta_1 * s["m"] + (1 - beta_1) * g / np.maximum(np.sqrt(s["v"]), epsilon)
+        n = g / np.maximum(np.sqrt(s["v"]), epsilon)
+        if use_clipping:
+            n = np.clip(n, -((t - 1) ** 0.25), (t - 1) ** 0.25)
+        s["m"] = beta_1 * s["m"] + (1 - beta_1) * n
         s["v"] = beta_2 * s["v"] + (1 - beta_2) * g**2
         return w - lr * s["m"]
 

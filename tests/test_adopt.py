@@ -40,6 +40,7 @@ def _run(tx, params, grads_seq):
     dict(weight_decay=0.05, global_clipnorm=1.0),
     dict(use_ema=True, ema_overwrite_frequency=3, gradient_accumulation_steps=2),
     dict(bucket_threshold=64, beta_2=0.5),
+    dict(use_clipping=False),
 ])
 def test_matches_the_float64_reference(options):
     """20 steps; the division by sqrt(v) amplifies float32 rounding where v is small,
@@ -53,13 +54,15 @@ def test_matches_the_float64_reference(options):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
-def test_matches_optax_without_clipping():
+@pytest.mark.parametrize("use_clipping", [False, True])
+def test_matches_optax(use_clipping):
     optax = pytest.importorskip("optax")
     params, grads = _params(), _grads(20)
-    ours = _run(kopt.functional.adopt(learning_rate=0.01), params, grads)
+    ours = _run(kopt.functional.adopt(learning_rate=0.01, use_clipping=use_clipping),
+                params, grads)
     with jax.numpy_dtype_promotion("standard"):   # optax's adopt mixes weak and strong types
-        theirs = _run(optax.contrib.adopt(0.01, b1=0.9, b2=0.9999, eps=1e-6, use_clipping=False),
-                      params, grads)
+        theirs = _run(optax.contrib.adopt(0.01, b1=0.9, b2=0.9999, eps=1e-6,
+                                          use_clipping=use_clipping), params, grads)
     for a_step, e_step in zip(ours, theirs):
         for a, e in zip(a_step, e_step):
             np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7)

@@ -20,12 +20,9 @@ import numpy as np
 import pytest
 
 import kopt.functional as F
+from tests.catalogue import CATALOGUE
 
-OPTIMIZERS = [
-    "sgd", "rmsprop", "adam", "adamw", "adadelta", "adagrad", "adamax", "nadam", "ftrl",
-    "lion", "adafactor", "lamb", "radam", "adabelief", "adan", "ademamix", "lars", "muon",
-    "schedule_free_adamw",
-]
+OPTIMIZERS = [e.factory_name for e in CATALOGUE]
 # inf means "no clipping" for these; accepted and documented in the factories.
 ALLOW_INF = {"clipnorm", "clipvalue", "global_clipnorm"}
 # Arguments that conflict with each other: give one at a time.

@@ -33,6 +33,7 @@ def adopt(
     beta_1: float = 0.9,
     beta_2: float = 0.9999,
     epsilon: float = 1e-6,
+    use_clipping: bool = True,
     *,
     options: Options,
 ) -> Transform:
@@ -43,12 +44,16 @@ def adopt(
     :math:`v \leftarrow g^2` (the params do not move); then
 
     .. math::
-        m &\leftarrow \beta_1 m + (1-\beta_1)\, g / \max(\sqrt{v}, \epsilon) \\
-        v &\leftarrow \beta_2 v + (1-\beta_2)\, g^2, \qquad
+        \tilde g &= \operatorname{clip}\big(g / \max(\sqrt{v}, \epsilon),\,
+                    -(t-1)^{1/4},\, (t-1)^{1/4}\big) \\
+        m &\leftarrow \beta_1 m + (1-\beta_1)\, \tilde g, \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2)\, g^2, \qquad
         \theta \leftarrow \theta - \eta\, m
 
-    This is Algorithm 1 of the paper without its optional clipping of the normalised
-    gradient; it equals `optax.contrib.adopt(..., use_clipping=False)` to float32 rounding.
+    The clipping (the paper's stabilised variant, on by default as in optax) bounds the
+    normalised gradient where :math:`v` is still near zero; `use_clipping=False` gives
+    Algorithm 1 as first stated. Both equal `optax.contrib.adopt` with the same
+    `use_clipping` to float32 rounding.
     With `state_dtype='int8'` the momentum `m` stays float32 (a normalised gradient of
     order one is poorly served by the 8-bit map) and `v` is quantised.
 
@@ -57,6 +62,7 @@ def adopt(
       beta_1: decay of the momentum, in [0, 1]. Default 0.9.
       beta_2: decay of the second moment, in [0, 1]. Default 0.9999, the paper's.
       epsilon: the floor of :math:`\sqrt{v}`. Default 1e-6, the paper's.
+      use_clipping: clip the normalised gradient to :math:`\pm (t-1)^{1/4}`. Default True.
       weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm,
       bucket_threshold, use_ema, ema_momentum, ema_overwrite_frequency,
       loss_scale_factor, gradient_accumulation_steps, state_dtype, min_quantized_size: see
@@ -91,6 +97,9 @@ def adopt(
         b1 = jnp.where(first, 1.0, beta_1).astype(g.dtype)
         b2 = jnp.where(first, 0.0, beta_2).astype(g.dtype)
         normed = g / jnp.maximum(jnp.sqrt(slots["v"]), jnp.asarray(epsilon, g.dtype))
+        if use_clipping:
+            bound = (t - 1) ** 0.25
+            normed = jnp.clip(normed, -bound, bound)
         m = b1 * slots["m"] + (1 - b1) * normed
         v = b2 * slots["v"] + (1 - b2) * jnp.square(g)
         new = {"m": m, "v": v}

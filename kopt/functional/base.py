@@ -9,6 +9,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from kopt.functional.learning_rate import learning_rate_source
+from kopt.functional.validation import ArgumentTypeError, check_number
+
 __all__ = [
     "Transform",
     "chain",
@@ -185,9 +188,6 @@ def set_learning_rate(state: PyTree, learning_rate) -> PyTree:
     ValueError and the TypeError Keras raises: the next update would overwrite the value.
     `learning_rate` is a number >= 0 (Python, numpy or 0-d jax); NaN and inf are refused.
     """
-    from kopt.functional.learning_rate import learning_rate_source
-    from kopt.functional.validation import ArgumentTypeError, check_number
-
     if callable(learning_rate) and not isinstance(learning_rate, jax.Array):
         raise ArgumentTypeError(
             "set_learning_rate takes a number; to change a schedule, build a new transform. "
