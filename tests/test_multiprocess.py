@@ -321,10 +321,8 @@ def test_a_state_placed_with_state_shardings_saves_across_processes(checkpoint_r
     assert str(p0["eager_placed_save"]) == "ok" and str(p1["eager_placed_save"]) == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kopt/functional: an eager tx.init(params) makes its counters on one local device "
-    "(SingleDeviceSharding), which orbax refuses across processes ('Cannot serialize host "
-    "local jax.Array'); place them on the params' mesh"))
 def test_an_eager_init_state_saves_across_processes(checkpoint_runs):
+    """An eager `tx.init(params)` puts its counters and buckets on the params' mesh, so
+    orbax saves it across processes as it is."""
     (p0, p1), _ = checkpoint_runs
     assert str(p0["eager_save"]) == "ok", str(p0["eager_save"])[:300]

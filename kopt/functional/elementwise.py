@@ -83,6 +83,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 
 from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed, plan
@@ -102,6 +103,7 @@ from kopt.functional.cross_cutting import (
 from kopt.functional.learning_rate import as_learning_rate
 from kopt.functional.options import Options
 from kopt.functional.rule_runner import RunnerState, init_slots, run_rule
+from kopt.functional.sharding import state_shardings
 from kopt.functional.validation import is_traced, maybe_nonzero
 from kopt.functional.weight_decay import resolve_mask
 
@@ -310,9 +312,10 @@ def elementwise_transform(
         if accum_steps:
             slots["accum"] = Packed.full(layout, 0.0, like=params)
             scalars["micro_step"] = jnp.zeros((), jnp.int32)
-        return lr.mark(state_cls(
+        state = lr.mark(state_cls(
             count=jnp.zeros((), jnp.int32), learning_rate=lr.initial(), **scalars, **slots
         ))
+        return _on_params_mesh(state, params)
 
     def treedef_of(state, params, updates):
         if rule.slots:
@@ -368,3 +371,16 @@ def elementwise_transform(
         return treedef.unflatten(deltas), new_state
 
     return Transform(init_fn, update_fn)
+
+
+def _on_params_mesh(state, params):
+    """An eager `init`'s state, placed like the params when they live on a mesh: each
+    param's slots sharded like it, counters and buckets replicated on the mesh (not on one
+    local device, which orbax refuses to save across processes). A traced `init` is left
+    to jit's `out_shardings`."""
+    leaves = jax.tree.leaves(params)
+    if not leaves or any(is_traced(x) for x in leaves):
+        return state
+    if not any(isinstance(getattr(x, "sharding", None), NamedSharding) for x in leaves):
+        return state
+    return jax.device_put(state, state_shardings(state, params))
