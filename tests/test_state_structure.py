@@ -45,6 +45,7 @@ FACTORIES = {
     "adan": lambda **kw: kf.adan(0.05, **kw),
     "ademamix": lambda **kw: kf.ademamix(0.05, **kw),
     "lars": lambda **kw: kf.lars(0.1, momentum=0.9, **kw),
+    "adopt": lambda **kw: kf.adopt(0.05, **kw),
     "muon": lambda **kw: kf.muon(0.05, **kw),
     "schedule_free_adamw": lambda **kw: kf.schedule_free_adamw(0.05, **kw),
 }
