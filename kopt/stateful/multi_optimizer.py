@@ -22,7 +22,8 @@ from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
 from kopt.stateful import registry
-from kopt.stateful.optimizer import Optimizer, _check_grads
+from kopt.stateful.facade import _check_grads
+from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.transform_optimizer import _iteration_count
