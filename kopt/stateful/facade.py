@@ -35,15 +35,17 @@ from kopt.interop.flax import nnx_gradient_hint
 from kopt.stateful import multihost
 from kopt.stateful import weights as weights_io
 from kopt.stateful.execution import CompiledStep
+from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import (
     LOCK,
     Variable,
+    is_variable_like,
     read_value,
     variable_name,
     write_value,
 )
 
-__all__ = ["Facade"]
+__all__ = ["Facade", "checked_variables"]
 
 
 def _tracing() -> bool:
@@ -93,6 +95,21 @@ def _as_gradient(g, v):
 
 
 
+def checked_variables(variables) -> list:
+    """`variables` as a list, after `build`'s checks: each is variable-like (a
+    `kopt.Variable`, `keras.Variable`...) and none appears twice."""
+    variables = list(variables)
+    for i, v in enumerate(variables):
+        if not is_variable_like(v):
+            raise TypeError(
+                f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
+                f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
+            )
+    if len({id(v) for v in variables}) != len(variables):
+        raise ValueError("build() received the same Variable more than once.")
+    return variables
+
+
 class Facade(metaclass=abc.ABCMeta):
     """The surface shared by kopt's stateful optimizers (see the module docstring)."""
 
@@ -117,6 +134,26 @@ class Facade(metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def _weight_arrays(self) -> list:
         """The live arrays `get_weights` lists."""
+
+    @property
+    def iterations(self) -> OptimizerVariable:
+        """The number of applied updates, a read-only variable-like 0-d int32 (`int()`,
+        `.value`, `.numpy()`); the engine's can also be assigned."""
+        it = self.__dict__.get("_iterations_var")
+        if it is None:
+            it = self._iterations_var = OptimizerVariable(
+                "iteration", f"{self.name}/iteration", read=self._read_iterations)
+        return it
+
+    def _read_iterations(self):
+        with LOCK:
+            if not self.built:
+                return jnp.zeros((), jnp.int32)
+            return self._iterations
+
+    def finalize_variable_values(self, var_list) -> None:
+        """Load what a run keeps for its end (the engine's EMA); nothing by default."""
+        del var_list
 
     def get_weights(self) -> list[np.ndarray]:
         """The arrays of `_weight_arrays()` as numpy copies (empty before build)."""
@@ -416,7 +453,7 @@ class Facade(metaclass=abc.ABCMeta):
         return self._on_mesh(owned)
 
     @property
-    def weights(self) -> list:
+    def weights(self) -> list[OptimizerVariable]:
         return self.variables
 
     def set_weights(self, weights) -> None:

@@ -28,12 +28,11 @@ from kopt.stateful import multihost, registry
 from kopt.stateful import weights as weights_io
 from kopt.stateful.derived import derived_doc, derived_init
 from kopt.stateful.execution import CompiledStep
-from kopt.stateful.facade import Facade, _tracing
+from kopt.stateful.facade import Facade, _tracing, checked_variables
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import (
     LOCK,
     Variable,
-    is_variable_like,
     read_value,
     variable_name,
 )
@@ -251,15 +250,7 @@ class Optimizer(Facade):
         (updated through its own `assign`). An empty list builds an optimizer with no
         variables, as Keras allows.
         """
-        variables = list(variables)
-        for i, v in enumerate(variables):
-            if not is_variable_like(v):
-                raise TypeError(
-                    f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
-                    f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
-                )
-        if len({id(v) for v in variables}) != len(variables):
-            raise ValueError("build() received the same Variable more than once.")
+        variables = checked_variables(variables)
         with LOCK:
             if self._built_with(variables):
                 return
