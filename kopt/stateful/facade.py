@@ -155,6 +155,18 @@ class Facade(metaclass=abc.ABCMeta):
         """Load what a run keeps for its end (the engine's EMA); nothing by default."""
         del var_list
 
+    def _built_indices(self, var_list, where: str) -> list[int]:
+        """The build-order index of each of `var_list`, all of them built variables."""
+        idx = []
+        for v in var_list:
+            i = self._index.get(id(v))
+            if i is None or self._vars[i] is not v:
+                raise ValueError(
+                    f"{where}: variable {variable_name(v)!r} is not among the variables "
+                    f"optimizer {self.name!r} was built with.")
+            idx.append(i)
+        return idx
+
     def get_weights(self) -> list[np.ndarray]:
         """The arrays of `_weight_arrays()` as numpy copies (empty before build)."""
         with LOCK:

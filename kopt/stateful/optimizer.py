@@ -197,18 +197,6 @@ class Optimizer(Facade):
         for v, i in zip(var_list, self._built_indices(var_list, "finalize_variable_values")):
             v.assign(weights_io.slot_leaf(self._state.ema, i))
 
-    def _built_indices(self, var_list, where: str) -> list[int]:
-        """The build-order index of each of `var_list`, all of them built variables."""
-        idx = []
-        for v in var_list:
-            i = self._index.get(id(v))
-            if i is None or self._vars[i] is not v:
-                raise ValueError(
-                    f"{where}: variable {variable_name(v)!r} is not among the variables "
-                    f"optimizer {self.name!r} was built with.")
-            idx.append(i)
-        return idx
-
     def _schedule_step(self):
         """The step schedules read: raw calls under gradient accumulation, as Keras."""
         micro = getattr(self._state, "micro_step", None)

@@ -11,7 +11,8 @@ A subclass is registered as a virtual subclass of `Optimizer`, so `isinstance(wr
 kopt.optimizers.Optimizer)` holds, as it does for Keras's wrappers, and anything that
 accepts an optimizer accepts a wrapper. Two engine methods that only use the `Facade`
 surface are delegated to rather than rewritten: `minimize` (after `_sync`, so a wrapper
-follows its inner optimizers first) and the loss step it compiles.
+follows its inner optimizers first) and the loss step it compiles; so are `scale_loss`
+and the `from_transform` constructor.
 """
 
 from __future__ import annotations
@@ -42,4 +43,5 @@ class Wrapper(Facade):
         return Optimizer.minimize(self, loss_fn, variables, *args)
 
     _loss_step_fn = Optimizer._loss_step_fn
-    scale_loss = Optimizer.scale_loss
+    scale_loss = Optimizer.scale_loss   # `loss * loss_scale_factor` (or `loss` when None)
+    from_transform = Optimizer.from_transform
