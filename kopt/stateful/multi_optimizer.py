@@ -260,6 +260,10 @@ class MultiOptimizer(Wrapper):
       >>> [o.name for o in opt.optimizers]
       ['adam', 'sgd']
 
+    It holds its inner optimizers, which keep their state, and delegates to them; it
+    shares only the `Facade` with the engine `Optimizer`, of which it is a virtual
+    subclass.
+
     Reference: `keras.optimizers.MultiOptimizer`; `kopt.functional.partition`.
     """
 

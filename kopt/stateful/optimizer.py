@@ -6,6 +6,10 @@ jitted function over all variables that takes the Variables' buffers and the opt
 state as donated arguments, so a step allocates no new state and is compiled once per set
 of shapes and dtypes. The learning rate lives in the state, so setting it never
 recompiles.
+
+This module is the engine (constructor and options, the transform, build, learning rate,
+Keras weight layouts, configs, pickling); the step machinery it shares with the wrappers
+is `kopt.stateful.facade.Facade`.
 """
 
 from __future__ import annotations

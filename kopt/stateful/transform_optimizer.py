@@ -129,7 +129,8 @@ class TransformOptimizer(Wrapper):
     class has no cross-cutting options of its own, and `get_config` is not available (a
     transform is made of closures); checkpoint `state` or `get_weights()` instead. A pair
     whose gradient is None reaches the transform as a `None` leaf: kopt's transforms skip
-    it, optax's need a gradient for every variable.
+    it, optax's need a gradient for every variable. It holds the transform and shares only
+    the `Facade` with the engine `Optimizer` (of which it is a virtual subclass).
 
     Example:
       >>> import jax.numpy as jnp, optax, kopt
