@@ -36,11 +36,12 @@ class Wrapper(Facade):
     def __init__(self, name: str):
         self._init_facade(name)
 
-    def minimize(self, loss_fn, variables, *args):
+    def minimize(self, loss_fn, variables, *args, **kwargs):
         """`Optimizer.minimize` on this wrapper's step: differentiate `loss_fn(values,
-        *args)` and apply the update in one compiled call; returns the loss."""
+        *args)` and apply the update in one compiled call; returns the loss. Whatever
+        the engine's `minimize` takes, this takes too."""
         self._sync()
-        return Optimizer.minimize(self, loss_fn, variables, *args)
+        return Optimizer.minimize(self, loss_fn, variables, *args, **kwargs)
 
     _loss_step_fn = Optimizer._loss_step_fn
     scale_loss = Optimizer.scale_loss   # `loss * loss_scale_factor` (or `loss` when None)
