@@ -165,13 +165,9 @@ class TransformOptimizer(Wrapper):
         with LOCK:
             if self._built_with(variables):
                 return
+            values = tuple(read_value(v) for v in variables)
+            state = self._placed(self._transform.init(values), values)   # nothing set yet
             self._vars = tuple(variables)
-            try:
-                values = tuple(read_value(v) for v in variables)
-                state = self._placed(self._transform.init(values), values)
-            except BaseException:
-                self._vars = None
-                raise
             self._index = {id(v): i for i, v in enumerate(variables)}
             self._state, self._iterations = state, jnp.copy(state.count)
             self._state_lent = False
