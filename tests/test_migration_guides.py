@@ -87,3 +87,19 @@ def test_optax_pair(row, setup_namespace):
                                        np.asarray(jax.vmap(theirs["schedule"])(steps)), rtol=2e-5, atol=1e-9)
         if "check" in blocks:
             _exec(blocks["check"], ns)
+
+
+def test_keras_guide_runs():
+    """Every block of docs/coming-from-keras.md, in order, in one namespace."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("kopt.interop.keras needs KERAS_BACKEND=jax")
+    blocks = _blocks((DOCS / "coming-from-keras.md").read_text())
+    assert len(blocks) >= 6 and all(title == "" for title, _ in blocks)
+    namespace = {"__name__": "coming_from_keras"}
+    # Keras's layers broadcast biases and mix Python scalars: standard JAX semantics, as in
+    # users' programs (the suite's strict settings would refuse Keras itself).
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        for i, (_, code) in enumerate(blocks):
+            exec(compile(code, f"<coming-from-keras.md block {i}>", "exec"), namespace)
+    assert int(namespace["loaded_opt"].iterations) == 2   # the last block ran to its end
