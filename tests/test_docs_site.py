@@ -124,7 +124,7 @@ def _broken_site(tmp_path, page_text):
 @pytest.mark.parametrize("page_text,needle", [
     ("# x\n\n::: kopt.functional.no_such_transform\n", "no_such_transform"),
     ("# x\n\nSee [adam][kopt.functional.no_such_reference].\n", "no_such_reference"),
-])
+], ids=["directive", "cross-reference"])
 def test_strict_build_fails_on_a_broken_reference(tmp_path, page_text, needle):
     result = _broken_site(tmp_path, page_text)
     assert result.returncode != 0
@@ -144,3 +144,13 @@ def test_a_missing_reference_entry_is_named():
     found = [d for d in directives() if d[1] not in ("kopt.optimizers.Lamb", "kopt.functional.lamb.lamb")]
     assert undocumented(found) == ["kopt.Lamb", "kopt.functional.lamb", "kopt.optimizers.Lamb",
                                    "kopt.stateful.Lamb"]
+
+
+def test_getting_started_runs():
+    """The getting-started page's blocks run, in order, and its two layers agree."""
+    text = (DOCS / "getting-started.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```$", text, re.M | re.S)
+    assert len(blocks) == 4
+    namespace = {"__name__": "getting_started"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"<getting-started.md block {i}>", "exec"), namespace)
