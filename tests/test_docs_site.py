@@ -99,6 +99,12 @@ def test_site_builds_strictly(tmp_path):
     adam = (tmp_path / "site" / "reference" / "functional" / "index.html").read_text()
     assert 'id="kopt.functional.adam.adam"' in adam
     assert 'class="arithmatex"' in adam and "\\begin{aligned}" in adam   # maths rendered
+    signature = adam[adam.index('id="kopt.functional.adam.adam"'):]
+    signature = re.sub(r"<[^>]+>", "", signature[:signature.index("</code></pre>")])
+    assert "global_clipnorm=None" in signature and "options" not in signature   # as at runtime
+    stateful = (tmp_path / "site" / "reference" / "stateful" / "index.html").read_text()
+    stateful = re.sub(r"<[^>]+>", "", stateful[stateful.index('id="kopt.optimizers.Adam"'):])
+    assert "beta_1=0.9" in stateful[:3000]   # the constructor derived from the factory
     for page in (tmp_path / "site").rglob("*.html"):
         text = page.read_text()
         assert ".. math::" not in text and ":math:`" not in text, page   # no raw reST left

@@ -14,6 +14,8 @@ docstrings stay as they are (`help()` and the doctests read them).
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 
 import griffe
@@ -118,10 +120,63 @@ def rewrite(text: str) -> str:
     return _ROLE.sub(lambda m: "\\(" + m.group(1) + "\\)", "\n".join(lines))
 
 
+_KINDS = {
+    inspect.Parameter.POSITIONAL_ONLY: griffe.ParameterKind.positional_only,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD: griffe.ParameterKind.positional_or_keyword,
+    inspect.Parameter.VAR_POSITIONAL: griffe.ParameterKind.var_positional,
+    inspect.Parameter.KEYWORD_ONLY: griffe.ParameterKind.keyword_only,
+    inspect.Parameter.VAR_KEYWORD: griffe.ParameterKind.var_keyword,
+}
+
+
+def _runtime_parameters(obj: griffe.Object, static: griffe.Parameters | None):
+    """griffe parameters of `inspect.signature` of the live object, or None."""
+    try:
+        live = getattr(importlib.import_module(obj.module.path), obj.name)
+        signature = inspect.signature(live)
+    except Exception:   # noqa: BLE001 - keep griffe's static reading
+        return None
+    old = {p.name: p for p in static} if static is not None else {}
+    params = []
+    for p in signature.parameters.values():
+        annotation = old[p.name].annotation if p.name in old else None
+        default = None if p.default is inspect.Parameter.empty else repr(p.default)
+        params.append(griffe.Parameter(p.name, annotation=annotation, kind=_KINDS[p.kind],
+                                       default=default))
+    return griffe.Parameters(*params)
+
+
 class KoptDocstrings(griffe.Extension):
-    """Rewrites every docstring of the loaded objects with `rewrite`."""
+    """Rewrites every docstring with `rewrite`, and shows generated signatures."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         del kwargs
         if obj.docstring is not None:
             obj.docstring.value = rewrite(obj.docstring.value)
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
+        del kwargs
+        if pkg.name != "kopt":
+            return
+        for module in _modules(pkg):
+            for member in list(module.members.values()):
+                if member.is_alias:
+                    continue
+                if member.is_function and any("with_options" in str(d.value)
+                                              for d in member.decorators):
+                    params = _runtime_parameters(member, member.parameters)
+                    if params is not None:
+                        member.parameters = params
+                elif (member.is_class and module.path.startswith("kopt.stateful.")
+                      and "__init__" not in member.members):
+                    params = _runtime_parameters(member, None)
+                    if params is not None:
+                        init = griffe.Function("__init__", parameters=params)
+                        member.set_member("__init__", init)
+
+
+def _modules(module: griffe.Module):
+    yield module
+    for member in module.members.values():
+        if not member.is_alias and member.is_module:
+            yield from _modules(member)
