@@ -8,6 +8,7 @@ griffe cannot parse. The build reads the sources statically and downloads nothin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pathlib
 import re
@@ -160,3 +161,21 @@ def test_getting_started_runs():
     namespace = {"__name__": "getting_started"}
     for i, code in enumerate(blocks):
         exec(compile(code, f"<getting-started.md block {i}>", "exec"), namespace)
+
+
+def test_docstring_rewrite_for_markdown():
+    """The griffe extension's rewrite: reST maths to arithmatex, name lists, doctests."""
+    spec = importlib.util.spec_from_file_location("griffe_kopt", DOCS / "_ext" / "griffe_kopt.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    doc = "\n".join([
+        "Step :math:`t` of it.", "", ".. math::", "    a &= b \\\\", "    c &= `d` ``e``", "",
+        "Args:", "  x: one.", "  y, z,", "    w: shared", "  in `f`.", "", "Text:",
+        "  >>> 1 + 1", "  2", "",
+    ])
+    out = ext.rewrite(doc).splitlines()
+    assert out[0] == "Step \\(t\\) of it."
+    assert ["$$", "\\begin{aligned}", "a &= b \\\\", "c &= \\texttt{d} e", "\\end{aligned}",
+            "$$"] == [line for line in out if line][1:7]
+    assert "  y, z, w: shared" in out and "      in `f`." in out
+    assert out[out.index("  ```pycon") + 1:out.index("  ```pycon") + 4] == ["  >>> 1 + 1", "  2", "  ```"]

@@ -21,6 +21,8 @@ import re
 import griffe
 
 _ROLE = re.compile(r":math:`([^`]*)`")
+_LITERAL = re.compile(r"``([^`]+)``")                       # a reST literal: plain text in TeX
+_CODE = re.compile(r"`([^`]+)`")                            # a Markdown code span: \texttt
 _SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters|Keyword Args|Attributes):\s*$")
 _NAME_LIST = re.compile(r"^[\w*]+(,\s*[\w*]+)*,\s*$")     # "a, b, c," awaiting more names
 _ITEM = re.compile(r"^[\w*][\w*, ]*(\s\([^)]*\))?:(\s|$)")  # "name:", "a, b (type):"
@@ -48,7 +50,8 @@ def _math_blocks(lines: list[str]) -> list[str]:
         while body and not body[-1].strip():   # blank lines after the block stay
             body.pop()
             i -= 1
-        text = [b.strip() for b in body if b.strip()]
+        text = [_CODE.sub(r"\\texttt{\1}", _LITERAL.sub(r"\1", b.strip()))
+                for b in body if b.strip()]
         aligned = any("&" in t or t.endswith("\\\\") for t in text)
         inner = ["\\begin{aligned}", *text, "\\end{aligned}"] if aligned else text
         out += ["", *(pad + t for t in ["$$", *inner, "$$"]), ""]
