@@ -48,6 +48,9 @@ def sgd(
     (NaN and, except for the clip options, inf are refused with a ValueError naming the
     argument).
 
+    The cross-cutting arguments (from `weight_decay` on) are the fields of
+    `kopt.functional.Options`, shared by every optimizer.
+
     Args:
       learning_rate: float, schedule, callable `step -> lr`, or zero-argument callable
         `() -> lr` (Keras's form); both callables are evaluated, traced, on every update
@@ -58,8 +61,6 @@ def sgd(
         `optax.inject_hyperparams`, whether the slot exists is decided by the value at
         `init` (see `kopt.functional.base.by_slot`).
       nesterov: use Nesterov momentum. Default False.
-      The cross-cutting arguments below (from `weight_decay` on) are the fields of
-      `kopt.functional.Options`, shared by every optimizer.
       weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
       weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
         that decay. Default None (all).
