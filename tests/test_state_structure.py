@@ -23,32 +23,10 @@ from jax.sharding import PartitionSpec as P
 
 import kopt.functional as kf
 from kopt.functional.buckets import Packed, Stub
+from tests.catalogue import CATALOGUE
 from tests.helpers import jit_max_traces
 
 optax = pytest.importorskip("optax")
-
-FACTORIES = {
-    "sgd": lambda **kw: kf.sgd(0.1, momentum=0.9, **kw),
-    "rmsprop": lambda **kw: kf.rmsprop(0.01, momentum=0.5, centered=True, **kw),
-    "adam": lambda **kw: kf.adam(0.05, amsgrad=True, **kw),
-    "adamw": lambda **kw: kf.adamw(0.05, **kw),
-    "adadelta": lambda **kw: kf.adadelta(0.5, **kw),
-    "adagrad": lambda **kw: kf.adagrad(0.1, **kw),
-    "adamax": lambda **kw: kf.adamax(0.05, **kw),
-    "nadam": lambda **kw: kf.nadam(0.05, **kw),
-    "ftrl": lambda **kw: kf.ftrl(0.1, **kw),
-    "lion": lambda **kw: kf.lion(0.01, **kw),
-    "adafactor": lambda **kw: kf.adafactor(0.1, **kw),
-    "lamb": lambda **kw: kf.lamb(0.05, **kw),
-    "radam": lambda **kw: kf.radam(0.05, **kw),
-    "adabelief": lambda **kw: kf.adabelief(0.05, **kw),
-    "adan": lambda **kw: kf.adan(0.05, **kw),
-    "ademamix": lambda **kw: kf.ademamix(0.05, **kw),
-    "lars": lambda **kw: kf.lars(0.1, momentum=0.9, **kw),
-    "adopt": lambda **kw: kf.adopt(0.05, **kw),
-    "muon": lambda **kw: kf.muon(0.05, **kw),
-    "schedule_free_adamw": lambda **kw: kf.schedule_free_adamw(0.05, **kw),
-}
 
 VARIANTS = {
     "defaults": {},
@@ -64,17 +42,17 @@ PARAMS = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
 
 
 def _cases():
-    for factory, make in FACTORIES.items():
-        takes_state_dtype = "state_dtype" in inspect.signature(getattr(kf, factory)).parameters
+    for entry in CATALOGUE:   # every optimizer, with every optional slot
+        takes_state_dtype = "state_dtype" in inspect.signature(entry.factory).parameters
         for variant, kwargs in VARIANTS.items():
             if "state_dtype" in kwargs and not takes_state_dtype:
                 continue
             try:
-                tx = make(**kwargs)
+                tx = entry.make_every_slot(**kwargs)
             except ValueError:   # int8 state on a rule that works on whole tensors
                 assert variant == "int8"
                 continue
-            yield f"{factory}-{variant}", tx
+            yield f"{entry.name}-{variant}", tx
     labels = {"w": "matrix", "b": "rest", "s": "rest"}
     inner = {"matrix": kf.muon(0.05), "rest": kf.adam(0.05, bucket_threshold=4096)}
     yield "partition-pytree-labels", kf.partition(inner, labels)
@@ -97,6 +75,7 @@ def _packed_slots(state):
 def test_the_matrix_covers_every_kind_of_state():
     names = set(CASES)
     assert {"adam-int8", "adam-bf16", "muon-buckets_all", "adafactor-defaults"} <= names
+    assert {f"{entry.name}-defaults" for entry in CATALOGUE} <= names   # every catalogue row
     kinds = set()
     for tx in CASES.values():
         for slot in _packed_slots(tx.init(_params())):
@@ -218,3 +197,13 @@ def test_zero_size_params_give_no_zero_size_state_arrays(case):
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     assert updates["empty"].shape == (0, 3)
     assert all(x.size > 0 for x in jax.tree.leaves(state)), case
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
+def test_every_slot_rows_give_the_state_every_optional_slot(entry):
+    """`Entry.every_slot` turns on every optional slot, so the matrix above saves and maps
+    them all: only the cross-cutting tail (`seed`, `ema`, `accum`, `micro_step`), off by
+    default, may be None."""
+    state = entry.make_every_slot().init(_params())
+    empty = [f for f in state._fields if getattr(state, f) is None]
+    assert set(empty) <= {"seed", "ema", "accum", "micro_step"}, (entry.name, empty)
