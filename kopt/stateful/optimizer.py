@@ -28,6 +28,7 @@ from kopt.functional.sharding import state_shardings
 from kopt.interop.flax import nnx_gradient_hint
 from kopt.stateful import multihost, registry
 from kopt.stateful import weights as weights_io
+from kopt.stateful.config_tree import check_config_tree
 from kopt.stateful.derived import derived_doc, derived_init
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.optimizer_variable import OptimizerVariable
@@ -927,6 +928,7 @@ class Optimizer:
     def from_config(cls, config: dict[str, Any]):
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}")
+        check_config_tree(config)
         config = dict(config)
         lr = config.get("learning_rate")
         if isinstance(lr, dict):
