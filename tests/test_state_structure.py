@@ -12,7 +12,11 @@ never on values, placement or how `init` ran (issue 13, item 13; issue 15).
 
 from __future__ import annotations
 
+import base64
 import inspect
+import json
+import pathlib
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -207,3 +211,42 @@ def test_every_slot_rows_give_the_state_every_optional_slot(entry):
     state = entry.make_every_slot().init(_params())
     empty = [f for f in state._fields if getattr(state, f) is None]
     assert set(empty) <= {"seed", "ema", "accum", "micro_step"}, (entry.name, empty)
+
+
+# The State classes, as checkpoints and pickles know them (#16 item 3): their module,
+# name, field order, defaults and class attributes, and a pickle of one made before the
+# shared fields were declared once (`tests/data/state_classes.json`, written by
+# `describe_state_classes` at commit a4cf08d, where each State spelled out every field).
+STATE_CLASSES = pathlib.Path(__file__).parent / "data" / "state_classes.json"
+
+
+def describe_state_classes() -> dict[str, dict]:
+    """Every `*State` of `kopt.functional.__all__` from a per-optimizer module."""
+    out = {}
+    modules = {entry.factory.__module__ for entry in CATALOGUE}
+    for name in kf.__all__:
+        cls = getattr(kf, name)
+        if not (name.endswith("State") and cls.__module__ in modules):
+            continue
+        example = cls(*range(len(cls._fields)))   # ints: a pickle independent of jax
+        out[name] = {
+            "module": cls.__module__, "qualname": cls.__qualname__,
+            "fields": list(cls._fields), "defaults": dict(cls._field_defaults),
+            "attributes": {k: v for k, v in vars(cls).items()
+                           if not k.startswith("_") and k not in cls._fields},
+            "pickle": base64.b64encode(pickle.dumps(example, protocol=2)).decode(),
+        }
+    return out
+
+
+def test_state_classes_keep_their_fields_names_and_pickles():
+    before = json.loads(STATE_CLASSES.read_text())
+    now = describe_state_classes()
+    assert sorted(now) == sorted(before)
+    for name, old in before.items():
+        cls = getattr(kf, name)
+        for key in ("module", "qualname", "fields", "defaults", "attributes"):
+            assert now[name][key] == old[key], (name, key)
+        # A pickle made by the old class loads as the new one, field by field.
+        loaded = pickle.loads(base64.b64decode(old["pickle"]))
+        assert type(loaded) is cls and loaded == cls(*range(len(cls._fields))), name
