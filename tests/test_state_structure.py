@@ -17,6 +17,7 @@ import inspect
 import json
 import pathlib
 import pickle
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kopt.functional as kf
+from kopt.functional import states
 from kopt.functional.buckets import Packed, Stub
 from tests.catalogue import CATALOGUE
 from tests.helpers import jit_max_traces
@@ -250,3 +252,39 @@ def test_state_classes_keep_their_fields_names_and_pickles():
         # A pickle made by the old class loads as the new one, field by field.
         loaded = pickle.loads(base64.b64decode(old["pickle"]))
         assert type(loaded) is cls and loaded == cls(*range(len(cls._fields))), name
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
+def test_every_state_has_the_shared_head_and_tail(entry):
+    """`kopt.functional.states` declares `count`, `learning_rate` and the cross-cutting tail
+    once; every optimizer's state has them around its own fields, `seed` exactly when its
+    factory takes `state_dtype`."""
+    fields = type(entry.make().init(_params()))._fields
+    head = tuple(name for name, _ in states.HEAD)
+    tail = tuple(name for name, _ in states.TAIL)
+    takes_state_dtype = "state_dtype" in inspect.signature(entry.factory).parameters
+    seed = ("seed",) if takes_state_dtype else ()
+    assert fields[:len(head)] == head
+    assert fields[len(fields) - len(seed + tail):] == seed + tail
+    assert set(entry.slots) <= set(fields[len(head):len(fields) - len(seed + tail)])
+
+
+def test_optimizer_state_refuses_shared_fields_and_non_namedtuples():
+    class Bad(NamedTuple):
+        m: int
+        ema: int = 0
+
+    with pytest.raises(TypeError, match=r"Bad declares the shared field\(s\) \['ema'\]"):
+        states.optimizer_state(Bad)
+    with pytest.raises(TypeError, match="Received: <class 'dict'>"):
+        states.optimizer_state(dict)
+
+    @states.optimizer_state(seed=False)
+    class GoodState(NamedTuple):
+        """A state with one slot."""
+        m: int
+        flag = True   # a class attribute, not a field
+
+    assert GoodState._fields == ("count", "learning_rate", "m", "ema", "accum", "micro_step")
+    assert GoodState.__doc__ == "A state with one slot." and GoodState.flag is True
+    assert GoodState(0, 1, 2) == (0, 1, 2, None, None, None)
