@@ -54,15 +54,12 @@ TAIL: tuple[tuple[str, Any], ...] = (
 """The trailing fields of every state, for EMA and accumulation (default None)."""
 
 _T = TypeVar("_T")
-# What a NamedTuple class body holds besides the fields and the user's attributes.
-_MACHINERY = ("__module__", "__qualname__", "__doc__", "__annotations__", "__orig_bases__",
-              "__slots__", "__new__", "__getnewargs__", "__repr__", "__match_args__")
 
 
 def _own_attributes(cls: type) -> dict[str, Any]:
-    """`cls`'s class attributes that are neither fields nor NamedTuple machinery."""
-    return {k: v for k, v in vars(cls).items()
-            if k not in cls._fields and k not in _MACHINERY and not k.startswith("_")}
+    """`cls`'s public class attributes that are not fields (Ftrl's `weights_by_variable`);
+    the NamedTuple machinery is all underscored."""
+    return {k: v for k, v in vars(cls).items() if k not in cls._fields and not k.startswith("_")}
 
 
 def _build(cls: type, seed: bool) -> type:
