@@ -30,6 +30,7 @@ from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.learning_rate import as_learning_rate, resolve_learning_rate
 from kopt.stateful import multihost, registry
 from kopt.stateful import weights as weights_io
+from kopt.stateful.config_tree import check_config_tree
 from kopt.stateful.derived import derived_doc, derived_init
 from kopt.stateful.execution import CompiledStep
 from kopt.stateful.facade import Facade, _tracing, checked_variables
@@ -545,6 +546,7 @@ class Optimizer(Facade):
     def from_config(cls, config: dict[str, Any]):
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}")
+        check_config_tree(config)
         config = dict(config)
         lr = config.get("learning_rate")
         if isinstance(lr, dict):
