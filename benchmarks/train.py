@@ -14,7 +14,7 @@ Models (nothing is downloaded):
   on scikit-learn's bundled ``load_digits`` (1797 8x8 images, 10 classes), batch 64,
   softmax cross-entropy.
 - ``transformer``: a pre-LayerNorm character (byte) transformer, plain JAX, about 2M
-  parameters (4 layers, d=192, 4 heads, context 64, batch 16), next-byte cross-entropy on
+  parameters (4 layers, d=192, 4 heads, context 64, batch 8), next-byte cross-entropy on
   the Python standard library's own source files (``sysconfig.get_paths()["stdlib"]``,
   the ``*.py`` files at its top level in name order, concatenated).
 - ``keras-fit``: the same CNN as a Keras 3 model trained with ``model.fit`` on digits
@@ -238,7 +238,7 @@ class TransformerTask:
     def __init__(self, quick: bool, n_steps: int):
         self.vocab = 256
         self.d, self.layers, self.heads, self.ctx, batch = (
-            (32, 1, 2, 32, 4) if quick else (192, 4, 4, 64, 16))
+            (32, 1, 2, 32, 4) if quick else (192, 4, 4, 64, 8))
         text = stdlib_text(200_000 if quick else 2_000_000)
         self.batches = batches_text(text, n_steps, batch, self.ctx)
         self.n_params = sum(int(np.size(p)) for p in jax.tree.leaves(self.host_params()))
@@ -541,9 +541,9 @@ def parse_args(argv=None):
     p.add_argument("--models", help=f"comma-separated subset of {','.join(ALL_MODELS)}")
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(ALL_IMPLS)}")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds (default 10; 2 with --quick)")
+                   help="interleaved timing rounds (default 6; 2 with --quick)")
     p.add_argument("--round", type=int, default=None,
-                   help="steps of each implementation per round (default 20; 3 with --quick)")
+                   help="steps of each implementation per round (default 10; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps after the first (default 3; 1 with --quick)")
     p.add_argument("--epochs", type=int, default=None,
@@ -555,8 +555,8 @@ def parse_args(argv=None):
                    "results-train.json; results-train-quick.json with --quick)")
     args = p.parse_args(argv)
     q = args.quick
-    args.rounds = args.rounds or (2 if q else 10)
-    args.round = args.round or (3 if q else 20)
+    args.rounds = args.rounds or (2 if q else 6)
+    args.round = args.round or (3 if q else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 3)
     args.epochs = max(2, args.epochs or (3 if q else 8))
     # --quick leaves Keras's optimizer out of the cnn and transformer (it keeps keras-fit)
