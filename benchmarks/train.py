@@ -41,8 +41,9 @@ rather than donated (``donate_foreign_variables``, README "Buffer ownership").
 
 Every implementation starts from the same initial parameters and sees the same batches in
 the same order. Steps are timed in interleaved rounds (each round runs ``--round`` steps of
-every implementation in turn), each step followed by ``jax.block_until_ready`` on its
-loss and parameters, so a loaded machine slows all rows alike. Columns:
+every implementation in turn, a different one first each round), each step followed by
+``jax.block_until_ready`` on its loss and parameters, so a loaded machine slows all rows
+alike. Columns:
 
 - ``step ms``: the median step; ``x base``: over the baseline's median in the same run;
 - ``1st step s``: creating the optimizer state, tracing, compiling and the first step
@@ -410,8 +411,8 @@ def time_jit_task(task, impls, args):
         for impl in impls:
             jax.block_until_ready((runners[impl].step(task.batches[step]), runners[impl].sync()))
         step += 1
-    for _ in range(args.rounds):
-        for impl in impls:
+    for n in range(args.rounds):
+        for impl in impls[n % len(impls):] + impls[:n % len(impls)]:   # each goes first in turn
             r, row = runners[impl], rows[impl]
             for s in range(step, step + args.round):
                 t0 = time.perf_counter()
@@ -541,9 +542,9 @@ def parse_args(argv=None):
     p.add_argument("--models", help=f"comma-separated subset of {','.join(ALL_MODELS)}")
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(ALL_IMPLS)}")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds (default 6; 2 with --quick)")
+                   help="interleaved timing rounds (default 60; 3 with --quick)")
     p.add_argument("--round", type=int, default=None,
-                   help="steps of each implementation per round (default 10; 3 with --quick)")
+                   help="steps of each implementation per round (default 1; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps after the first (default 3; 1 with --quick)")
     p.add_argument("--epochs", type=int, default=None,
@@ -555,8 +556,8 @@ def parse_args(argv=None):
                    "results-train.json; results-train-quick.json with --quick)")
     args = p.parse_args(argv)
     q = args.quick
-    args.rounds = args.rounds or (2 if q else 6)
-    args.round = args.round or (3 if q else 10)
+    args.rounds = args.rounds or (3 if q else 60)
+    args.round = args.round or (2 if q else 1)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 3)
     args.epochs = max(2, args.epochs or (3 if q else 8))
     # --quick leaves Keras's optimizer out of the cnn and transformer (it keeps keras-fit)

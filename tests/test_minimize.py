@@ -324,3 +324,24 @@ def test_a_new_closure_per_call_is_bounded_and_warned_about():
     with pytest.warns(UserWarning, match="new function"):
         opt.minimize(lambda v, x, y: loss_list(v, x, y), variables, x, y)
     assert len(opt._minimize_cache) == n
+
+
+def test_an_optax_transform_in_the_facade_minimizes_with_aux():
+    """`Optimizer.from_transform(optax...)` runs the same fused step."""
+    import optax
+
+    x, y = _data()
+    opt = kopt.optimizers.Optimizer.from_transform(optax.sgd(0.05, momentum=0.9))
+    tx = optax.sgd(0.05, momentum=0.9)   # (optax.adam breaks strict dtype promotion)
+    variables, params = _variables(), [jnp.asarray(v.value) for v in _variables()]
+    state = tx.init(params)
+    vag = jax.jit(jax.value_and_grad(loss_aux, has_aux=True))
+    for _ in range(3):
+        (want, _), grads = vag(params, x, y)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        loss, aux = opt.minimize(loss_aux, variables, x, y, has_aux=True)
+        np.testing.assert_allclose(float(loss), float(want), rtol=2e-6)
+        assert aux["err"].shape == (8, 3)
+    for a, b in zip(variables, params):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-7)
