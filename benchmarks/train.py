@@ -506,7 +506,7 @@ def targets(rows):
 
 
 def format_table(rows, meta) -> str:
-    head = (f"{'model':12} {'impl':14} {'step ms':>9} {'x base':>7} {'x kopt':>7} "
+    head = (f"{'model':12} {'impl':17} {'step ms':>9} {'x base':>7} {'x kopt':>7} "
             f"{'1st step s':>10} {'final loss':>10} {'steps':>6}")
     lines = [head, "-" * len(head)]
     model = None
@@ -516,7 +516,7 @@ def format_table(rows, meta) -> str:
             lines.append(f"# {model}: {meta['models'].get(model, '')}; baseline {row['baseline']}")
         xb = "-" if row["x_base"] is None else f"{row['x_base']:.3f}"
         xk = "-" if row["x_kopt"] is None else f"{row['x_kopt']:.3f}"
-        lines.append(f"{row['model']:12} {row['impl']:14} {row['step_ms']:9.3f} {xb:>7} "
+        lines.append(f"{row['model']:12} {row['impl']:17} {row['step_ms']:9.3f} {xb:>7} "
                      f"{xk:>7} {row['first_step_s']:10.2f} {row['final_loss']:10.4f} "
                      f"{row['steps']:6d}")
     for t in meta["targets"]:
