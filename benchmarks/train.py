@@ -521,7 +521,9 @@ def format_table(rows, meta) -> str:
                      f"{row['steps']:6d}")
     for t in meta["targets"]:
         lines.append(f"target {t['model']}: {t['what']} = {t['ratio']:.3f} "
-                     f"(<= {t['target']:.2f}: {'met' if t['met'] else 'NOT met'})")
+                     f"(<= {t['target']:.2f}: {'met' if t['met'] else 'NOT met'})"
+                     + ("; --quick: unoptimised XLA, a few steps, not a measurement"
+                        if meta["quick"] else ""))
     return "\n".join(lines)
 
 
