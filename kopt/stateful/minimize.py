@@ -36,17 +36,23 @@ def _tracing() -> bool:
         return False
 
 
-def _flatten(variables):
+def _flatten(variables, known: dict):
     """`(leaves, treedef)` of `variables`, a variable or a pytree of them (an iterator is
-    read into a list)."""
-    if not is_variable_like(variables) and not isinstance(variables, (list, tuple, dict)):
+    read into a list). `known` maps `id` to build index for the built variables, which
+    are recognised without `is_variable_like` (its `hasattr`s read each variable's value,
+    which costs a call into flax per nnx Variable)."""
+    if not isinstance(variables, (list, tuple, dict)) and not is_variable_like(variables):
         try:
             variables = list(variables)
         except TypeError:
             pass   # an unregistered object: a leaf, refused below
-    leaves, treedef = jax.tree.flatten(variables, is_leaf=is_variable_like)
+
+    def is_leaf(x):
+        return id(x) in known or is_variable_like(x)
+
+    leaves, treedef = jax.tree.flatten(variables, is_leaf=is_leaf)
     for i, v in enumerate(leaves):
-        if not is_variable_like(v):
+        if id(v) not in known and not is_variable_like(v):
             raise TypeError(
                 "minimize() expects `variables` to be a pytree (list, tuple, dict...) of "
                 f"variables (kopt.Variable, keras.Variable); leaf {i} is "
@@ -206,7 +212,7 @@ def minimize(self, loss_fn, variables, *args, has_aux: bool = False):
         raise TypeError(f"minimize(): loss_fn must be callable. Received: loss_fn={loss_fn!r}")
     if not isinstance(has_aux, bool):
         raise TypeError(f"minimize(): has_aux must be a bool. Received: has_aux={has_aux!r}")
-    leaves, treedef = _flatten(variables)
+    leaves, treedef = _flatten(variables, self._index)
     with LOCK:
         if not self.built:
             self.build(leaves)
