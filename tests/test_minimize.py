@@ -345,3 +345,42 @@ def test_an_optax_transform_in_the_facade_minimizes_with_aux():
         assert aux["err"].shape == (8, 3)
     for a, b in zip(variables, params):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-7)
+
+
+class _CountingVariable:
+    """A foreign variable-like object that counts how often its value is read."""
+
+    def __init__(self, value, name):
+        self._v, self.name, self.reads = jnp.asarray(value), name, 0
+
+    @property
+    def value(self):
+        self.reads += 1
+        return self._v
+
+    def assign(self, value):
+        self._v = value
+
+    @property
+    def shape(self):
+        return self._v.shape
+
+    @property
+    def dtype(self):
+        return self._v.dtype
+
+
+def test_a_step_reads_each_foreign_variable_once():
+    """Reading a foreign variable (an nnx Variable through flax) costs a Python call into
+    its library: a built optimizer's `minimize` reads each one once per step, to pass its
+    value, and does not probe it again to recognise it as a variable."""
+    rng = np.random.default_rng(1)
+    variables = [_CountingVariable(rng.standard_normal(s).astype(np.float32), n)
+                 for n, s in SHAPES.items()]
+    opt = kopt.optimizers.Adam(0.05)
+    x, y = _data()
+    opt.minimize(loss_list, variables, x, y)
+    for v in variables:
+        v.reads = 0
+    opt.minimize(loss_list, variables, x, y)
+    assert [v.reads for v in variables] == [1, 1]
