@@ -393,8 +393,8 @@ def make_runner(task, impl):
     return stateful_runner(task, fused=impl != "kopt-apply", nnx_variables=impl == "kopt-minimize-nnx")
 
 
-def time_jit_task(task, impls, args):
-    """Interleaved rounds over `impls`; returns a row per implementation."""
+def time_jit_task(task, impls, args, rounds: int):
+    """`rounds` interleaved rounds over `impls`; returns a row per implementation."""
     runners, rows = {}, {}
     # Trace once first, so that the first row does not pay the libraries' one-time costs.
     jax.make_jaxpr(jax.value_and_grad(task.loss))(task.init_params(), *task.batches[0])
@@ -411,7 +411,7 @@ def time_jit_task(task, impls, args):
         for impl in impls:
             jax.block_until_ready((runners[impl].step(task.batches[step]), runners[impl].sync()))
         step += 1
-    for n in range(args.rounds):
+    for n in range(rounds):
         for impl in impls[n % len(impls):] + impls[:n % len(impls)]:   # each goes first in turn
             r, row = runners[impl], rows[impl]
             for s in range(step, step + args.round):
@@ -544,7 +544,8 @@ def parse_args(argv=None):
     p.add_argument("--models", help=f"comma-separated subset of {','.join(ALL_MODELS)}")
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(ALL_IMPLS)}")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds (default 60; 3 with --quick)")
+                   help="interleaved timing rounds (default 300 on the cnn, 60 on the transformer; 3 "
+                        "with --quick)")
     p.add_argument("--round", type=int, default=None,
                    help="steps of each implementation per round (default 1; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
@@ -558,7 +559,7 @@ def parse_args(argv=None):
                    "results-train.json; results-train-quick.json with --quick)")
     args = p.parse_args(argv)
     q = args.quick
-    args.rounds = args.rounds or (3 if q else 60)
+    args.rounds = args.rounds or (3 if q else None)
     args.round = args.round or (2 if q else 1)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 3)
     args.epochs = max(2, args.epochs or (3 if q else 8))
@@ -580,7 +581,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
-    n_steps = 1 + args.warmup + args.rounds * args.round
     rows, models = [], {}
     for name in args.models:
         if name == "keras-fit":
@@ -594,10 +594,12 @@ def main(argv=None):
                  and not (i == "keras" and not args.keras_jit)]
         if not impls:
             continue
+        rounds = args.rounds or (300 if name == "cnn" else 60)   # the cnn's steps are short
+        n_steps = 1 + args.warmup + rounds * args.round
         task = (CnnTask if name == "cnn" else TransformerTask)(args.quick, n_steps)
         models[name] = task.describe
         print(f"# {name}: {task.describe}", flush=True)
-        rows += time_jit_task(task, impls, args)
+        rows += time_jit_task(task, impls, args, rounds)
     rows = finish(rows)
     import keras
     import optax
@@ -605,7 +607,8 @@ def main(argv=None):
     import kopt
     meta = {
         "what": "whole training step (forward, backward, update), interleaved rounds",
-        "models": models, "quick": args.quick, "rounds": args.rounds, "round": args.round,
+        "models": models, "quick": args.quick, "rounds": args.rounds or {"cnn": 300, "transformer": 60},
+        "round": args.round,
         "warmup": args.warmup, "epochs": args.epochs,
         "devices": [str(d) for d in jax.devices()][:1] + ([f"... {jax.device_count()} in all"]
                                                           if jax.device_count() > 1 else []),
