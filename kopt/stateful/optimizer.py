@@ -28,12 +28,12 @@ from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.learning_rate import as_learning_rate, resolve_learning_rate
+from kopt.stateful import minimize as minimize_lib
 from kopt.stateful import multihost, registry
 from kopt.stateful import weights as weights_io
 from kopt.stateful.config_tree import check_config_tree
 from kopt.stateful.derived import derived_doc, derived_init
-from kopt.stateful.execution import CompiledStep
-from kopt.stateful.facade import Facade, _tracing, checked_variables
+from kopt.stateful.facade import Facade, checked_variables
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import (
     LOCK,
@@ -297,30 +297,8 @@ class Optimizer(Facade):
         self._exclude_ids.update(id(v) for v in (var_list or []))
         self._exclude_names.extend(names)
 
-    def minimize(self, loss_fn, variables, *args):
-        """Differentiate `loss_fn(values, *args)` and apply the step in one compiled call.
-
-        `values` is the list of the variables' arrays. Returns the loss. Pass data through
-        `*args` (traced) rather than a new closure per call, which would recompile. As
-        `apply`, a failure (in the loss, a schedule, the step) changes nothing.
-        """
-        if _tracing():
-            raise RuntimeError(
-                "minimize() cannot be called inside a JAX transformation (jit, grad, vmap...). "
-                "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code."
-            )
-        variables = list(variables)
-        with LOCK:
-            if not self.built:
-                self.build(variables)
-            elif [id(v) for v in variables] != [id(v) for v in self._vars]:
-                raise ValueError(
-                    "minimize() must be called with the variables the optimizer was built with."
-                )
-            compiled = self._minimize_cache.get(loss_fn)
-            if compiled is None:
-                compiled = self._minimize_cache[loss_fn] = CompiledStep(self._loss_step_fn(loss_fn))
-            return self._run(compiled, *args)
+    # The gradient and the update fused in one compiled call (see kopt.stateful.minimize).
+    minimize = minimize_lib.minimize
 
     def _keras_codec(self):
         """`(n, unflatten, flatten)` for Keras's flat form of `variables`: `n` arrays,
