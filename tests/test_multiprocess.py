@@ -23,15 +23,6 @@ HERE = Path(__file__).parent / "multiprocess"
 LAYOUTS = ["dp", "mp", "2d", "zero1"]
 CORE = ["adam", "adamw_clip", "lion", "adafactor", "partition", "adam_bf16", "lion_bf16"]
 OPTIONAL = ["muon", "adam_int8"]
-# Known failures under Explicit mesh axes when a param is split over the "model" axis
-# (layouts mp and 2d), in code other engineers own: those cases xfail with the error
-# raised; once fixed they run and must pass (and this entry can go).
-KNOWN = {
-    "muon": "kopt/functional/muon.py: orthogonalize's x @ x.T contracts a split dimension "
-            "(ShardingTypeError: give out_sharding)",
-    "adam_int8": "kopt/functional/quantize.py: blockwise_step reshapes a split param "
-                 "(ShardingTypeError: give out_sharding)",
-}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -153,10 +144,7 @@ def test_functional_two_processes_equal_one(functional_runs, layout, case):
         statuses = {str(r[f"{layout}/status/{case}"]) for r in (one, p0, p1)}
         assert len(statuses) == 1, statuses   # the same outcome everywhere
         status = statuses.pop()
-        if status != "ok":
-            if layout in ("mp", "2d") and status.startswith("ShardingTypeError"):
-                pytest.xfail(f"{KNOWN[case]}. Raised: {status[:200]}")
-            pytest.fail(f"{case} on layout {layout} raised {status}")
+        assert status == "ok", f"{case} on layout {layout} raised {status}"
     _assert_same_numbers(one, p0, p1, layout, case)
 
 

@@ -353,7 +353,10 @@ class Packed:
             if kind != OWN:
                 leaves.append(None)
             elif layout.dtypes[i] == "int8":
-                leaves.append(Quantized.full(layout.shapes[i], fill, signed))
+                # (kopt/functional/quantize.py: blocks laid out along the param's
+                # sharding under Explicit mesh axes; issue #15)
+                leaves.append(Quantized.full(layout.shapes[i], fill, signed, like=None
+                                             if like_leaves is None else like_leaves[i]))
             elif like_leaves is not None:
                 leaves.append(jnp.full_like(like_leaves[i], fill, dtype=layout.dtypes[i]))
             else:

@@ -15,6 +15,7 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.quantize import explicit_axes, in_auto_axes
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
 
@@ -108,6 +109,15 @@ def orthogonalize(x: jax.Array, steps: int, a: float, b: float, c: float) -> jax
     columns), then `steps` times :math:`A = X X^\top`, :math:`X \leftarrow aX + (bA + cA^2)X`.
     The result approximates :math:`UV^\top` from the SVD :math:`x = USV^\top`.
     """
+    if explicit_axes(x):
+        # With Explicit mesh axes, `x @ x.T` of a split matrix contracts a split
+        # dimension: let XLA lay out the iteration, and return `x`'s sharding.
+        return in_auto_axes(lambda x, coefficients: _newton_schulz(x, steps, *coefficients),
+                            jax.typeof(x).sharding.spec, x, (a, b, c))
+    return _newton_schulz(x, steps, a, b, c)
+
+
+def _newton_schulz(x, steps, a, b, c):
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T

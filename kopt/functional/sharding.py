@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from kopt.functional.base import Transform, call_update
 from kopt.functional.clipping import EmptyState
+from kopt.functional.quantize import Quantized, block_spec
 
 __all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients"]
 
@@ -105,6 +106,8 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
         return replicated
 
     def assign(path, x):
+        if isinstance(x, Quantized):   # int8 state: its blocks split like the param
+            return _quantized_sharding(x, lookup(tuple(path), x.shape))
         return lookup(tuple(path), np.shape(x))
 
     is_transform = isinstance(tx_or_state, Transform) or (
@@ -112,7 +115,19 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
     state = jax.eval_shape(tx_or_state.init, params) if is_transform else tx_or_state
     # A `Packed` slot's entries sit at the params' key paths under its `tree` child; its
     # bucket (path `.bucket`) matches no param and is replicated.
-    return jax.tree_util.tree_map_with_path(assign, state)
+    return jax.tree_util.tree_map_with_path(assign, state,
+                                            is_leaf=lambda x: isinstance(x, Quantized))
+
+
+def _quantized_sharding(q: Quantized, param_sharding: Sharding) -> Quantized:
+    """The shardings of a quantised slot's codes and scales (a `Quantized` of them): its
+    blocks split over the mesh axes its param is split over (`block_spec`)."""
+    if not isinstance(param_sharding, NamedSharding):
+        return Quantized(param_sharding, param_sharding, q.shape, q.signed)
+    spec = block_spec(param_sharding, q.codes.shape[0])
+    mesh = param_sharding.mesh
+    return Quantized(NamedSharding(mesh, P(*spec, None)), NamedSharding(mesh, spec),
+                     q.shape, q.signed)
 
 
 # ------------------------------------------------------------------ ZeRO-1
