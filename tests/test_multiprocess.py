@@ -65,6 +65,8 @@ def _runs(root: Path) -> dict:
         "stateful_2x4": lambda d: run_workers(stateful, 2, 4, out_dir=d),
         "stateful_1x8": lambda d: [run_single(stateful, 8, out_dir=d)],
         "checkpoint_1x4": restore_on_four,
+        "local_2x4": lambda d: run_workers(HERE / "worker_local.py", 2, 4, out_dir=d,
+                                           timeout=120),
     }
     return runs
 
@@ -314,3 +316,23 @@ def test_an_eager_init_state_saves_across_processes(checkpoint_runs):
     orbax saves it across processes as it is."""
     (p0, p1), _ = checkpoint_runs
     assert str(p0["eager_save"]) == "ok", str(p0["eager_save"])[:300]
+
+
+# ------------------------------------------------------------------ params without a mesh
+def test_state_of_params_without_a_mesh_stays_on_each_process(runs_root):
+    """Each process trains its own params, not on a mesh (host arrays, arrays on one of its
+    devices, abstract params): `state_shardings` puts each one's state on its own devices
+    (before, on process 0's first device, which process 1 cannot use: it crashed)."""
+    p0, p1 = cached_run(runs_root, "local_2x4", _runs(runs_root))
+    for case, device in [("numpy", 0), ("single", 1), ("abstract", 0)]:
+        for r in (p0, p1):
+            assert str(r[f"{case}/status"]) == "ok", str(r[f"{case}/status"])[:500]
+            assert bool(r[f"{case}/local"]), case
+            # The step counter on the params' device, or the process's own first one.
+            assert int(r[f"{case}/device"]) == device, case
+        state0 = [p0[k] for k in sorted(p0) if k.startswith(f"{case}/state/")]
+        state1 = [p1[k] for k in sorted(p1) if k.startswith(f"{case}/state/")]
+        assert len(state0) == len(state1) == 6, case
+        assert int(state0[0]) == 2 and int(state1[0]) == 2   # both stepped twice
+        # Their own models: different moments (process-seeded params and gradients).
+        assert not np.array_equal(state0[-1], state1[-1]), case

@@ -53,14 +53,24 @@ def _is_none(x) -> bool:
 
 # ------------------------------------------------------------------ state like the params
 def _replicated_sharding(shardings: list[Sharding | None]) -> Sharding:
-    """Replicated over the mesh of the first `NamedSharding`, else on the first device."""
+    """Where the state that belongs to no param goes: replicated like the params.
+
+    Over the mesh of the first `NamedSharding`; else over the devices of the first other
+    sharding (its one device for a `SingleDeviceSharding`); else, with no sharding at all
+    (host arrays, abstract params), on this process's first device. Never on another
+    process's device, which this process could not read: in a run of several processes,
+    each one's params without a mesh live on its own devices.
+    """
     for s in shardings:
         if isinstance(s, NamedSharding):
             return NamedSharding(s.mesh, P())
     for s in shardings:
         if s is not None:
-            return SingleDeviceSharding(next(iter(s.device_set)))
-    return SingleDeviceSharding(jax.devices()[0])
+            devices = sorted(s.device_set, key=lambda d: d.id)
+            if len(devices) == 1:
+                return SingleDeviceSharding(devices[0])
+            return NamedSharding(Mesh(np.array(devices), ("devices",)), P())
+    return SingleDeviceSharding(jax.local_devices()[0])
 
 
 def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
