@@ -67,6 +67,10 @@ def _runs(root: Path) -> dict:
         "checkpoint_1x4": restore_on_four,
         "local_2x4": lambda d: run_workers(HERE / "worker_local.py", 2, 4, out_dir=d,
                                            timeout=120),
+        "zero1_2x4": lambda d: run_workers(HERE / "worker_zero1.py", 2, 4, out_dir=d,
+                                           timeout=120),
+        "zero1_1x8": lambda d: [run_single(HERE / "worker_zero1.py", 8, out_dir=d,
+                                           timeout=120)],
     }
     return runs
 
@@ -336,3 +340,22 @@ def test_state_of_params_without_a_mesh_stays_on_each_process(runs_root):
         assert int(state0[0]) == 2 and int(state1[0]) == 2   # both stepped twice
         # Their own models: different moments (process-seeded params and gradients).
         assert not np.array_equal(state0[-1], state1[-1]), case
+
+
+# ------------------------------------------------------------------ ZeRO-1 with bucketing
+@pytest.mark.parametrize("axes", ["explicit", "auto"])
+def test_zero1_with_bucketing_reads_back_across_processes(runs_root, axes):
+    """`shard_state` splits the slots' shared bucket over "data"; after 3 steps each slot
+    is read eagerly with `to_tree()` (under Explicit axes that raised ShardingTypeError):
+    2 processes give the numbers of 1 process, each device holding 1/8 of the bucket."""
+    one = cached_run(runs_root, "zero1_1x8", _runs(runs_root))[0]
+    p0, p1 = cached_run(runs_root, "zero1_2x4", _runs(runs_root))
+    for r in (one, p0, p1):
+        assert str(r[f"{axes}/info/spec"]) == "P('data',)"
+        assert set(r[f"{axes}/info/local"].tolist()) == {10}   # 80 elements / 8 devices
+    keys = sorted(k for k in p0 if k.startswith(f"{axes}/") and "/info/" not in k)
+    assert len(keys) == 12, keys   # params, m and v of 4 leaves
+    for k in keys:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+        np.testing.assert_allclose(p0[k], one[k], rtol=2e-6, atol=1e-7, err_msg=k)
+    assert float(np.max(np.abs(p0[f"{axes}/m/c"]))) > 0   # the state moved

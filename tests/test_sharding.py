@@ -590,3 +590,26 @@ def test_muon_on_split_matrices_matches_one_device(mode):
     _close(got_state, want_state, rtol=1e-5, atol=1e-6)
     for k, (_, spec) in params.items():
         assert got_params[k].sharding.is_equivalent_to(NamedSharding(mesh, spec), 2), k
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zero1_bucket_reads_back_as_leaves(mode):
+    """A ZeRO-1 bucket split over "data" reads back with `to_tree()` eagerly (each leaf
+    replicated on the mesh, from one program) and under jit, in both modes."""
+    mesh = _mesh(mode)
+    tx = shard_state(adam(1e-2, bucket_threshold=64), mesh, "data")
+    rng = np.random.default_rng(0)
+    host = {"a": rng.normal(size=(16,)), "b": rng.normal(size=(3, 5)), "c": rng.normal(size=(9,))}
+    want_params, want_state = _run(adam(1e-2, bucket_threshold=64), _f32(host),
+                                   [_f32(host)] * 2)
+    with _context(mesh):
+        params = jax.device_put(_f32(host), NamedSharding(mesh, P()))
+        got_params, got_state = _run(tx, params, [params] * 2)
+        assert got_state.m.bucket.sharding.spec == P("data")   # 40 elements, 10 a device
+        traced = jax.jit(lambda s: s.m.to_tree())(got_state)
+    eager = got_state.m.to_tree()
+    _close(got_params, want_params)
+    for tree in (eager, traced):
+        _close(tree, want_state.m.to_tree())
+    for leaf in jax.tree.leaves(eager):
+        assert leaf.sharding.is_fully_replicated

@@ -28,6 +28,7 @@ axes, or set `bucket_threshold=0`, to keep every leaf's state sharded like it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -37,9 +38,10 @@ from jax.sharding import PartitionSpec as P
 
 from kopt.functional.base import Transform, call_update
 from kopt.functional.clipping import EmptyState
-from kopt.functional.quantize import Quantized, block_spec
+from kopt.functional.quantize import Quantized, block_spec, explicit_axes
 
-__all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients"]
+__all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients",
+           "unpack_bucket"]
 
 PyTree = Any
 
@@ -237,6 +239,46 @@ def shard_state(tx: Transform, mesh: Mesh, axis: str = "data") -> Transform:
         return jax.tree.map(place, updates, targets), place_state(state)
 
     return Transform(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------ reading a bucket
+Pieces = tuple[tuple[int, int, tuple[int, ...]], ...]
+
+
+def _cut(bucket: jax.Array, pieces: Pieces) -> list[jax.Array]:
+    """The `(offset, size, shape)` pieces of a flat bucket, each reshaped. A bucket split
+    over `Explicit` mesh axes (ZeRO-1) is gathered first (one all-gather: its leaves
+    are small), since JAX cannot type a slice of a split dimension."""
+    if explicit_axes(bucket):
+        bucket = jax.sharding.reshard(bucket, jax.typeof(bucket).sharding.update(spec=P()))
+    return [bucket[o:o + n].reshape(shape) for o, n, shape in pieces]
+
+
+@functools.lru_cache(maxsize=64)
+def _cutter(pieces: Pieces, out_sharding: Sharding | None):
+    if out_sharding is None:
+        return jax.jit(functools.partial(_cut, pieces=pieces))
+    return jax.jit(functools.partial(_cut, pieces=pieces), out_shardings=out_sharding)
+
+
+def unpack_bucket(bucket: jax.Array, pieces: Pieces) -> list[jax.Array]:
+    """Every leaf of one flat bucket (`Packed.to_leaves`): the `(offset, size, shape)`
+    pieces of `bucket`, in one computation.
+
+    Under jit they are slices. Outside it, a bucket that `shard_state` split over the
+    devices (ZeRO-1) is read by one jitted program that gathers it once and returns every
+    leaf replicated on its mesh, rather than by one eager slice per leaf: with several
+    processes each of those is a collective of its own, and runs of many small eager
+    collectives hung on CPU with gloo (see docs/multihost.md). With `Explicit` mesh
+    axes, where a slice of a split bucket cannot be typed, it is gathered first.
+    """
+    pieces = tuple((int(o), int(n), tuple(shape)) for o, n, shape in pieces)
+    if not isinstance(bucket, jax.Array) or isinstance(bucket, jax.core.Tracer):
+        return _cut(bucket, pieces)
+    sharding = bucket.sharding
+    if isinstance(sharding, NamedSharding):
+        return _cutter(pieces, NamedSharding(sharding.mesh, P()))(bucket)
+    return _cutter(pieces, None)(bucket)
 
 
 # ------------------------------------------------------------------ per-device steps
