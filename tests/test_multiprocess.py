@@ -67,10 +67,10 @@ def _runs(root: Path) -> dict:
         "checkpoint_1x4": restore_on_four,
         "local_2x4": lambda d: run_workers(HERE / "worker_local.py", 2, 4, out_dir=d,
                                            timeout=120),
-        "zero1_2x4": lambda d: run_workers(HERE / "worker_zero1.py", 2, 4, out_dir=d,
-                                           timeout=120),
-        "zero1_1x8": lambda d: [run_single(HERE / "worker_zero1.py", 8, out_dir=d,
-                                           timeout=120)],
+        "split_2x4": lambda d: run_workers(HERE / "worker_split_state.py", 2, 4, out_dir=d,
+                                           timeout=150),
+        "split_1x8": lambda d: [run_single(HERE / "worker_split_state.py", 8, out_dir=d,
+                                           timeout=150)],
     }
     return runs
 
@@ -348,8 +348,8 @@ def test_zero1_with_bucketing_reads_back_across_processes(runs_root, axes):
     """`shard_state` splits the slots' shared bucket over "data"; after 3 steps each slot
     is read eagerly with `to_tree()` (under Explicit axes that raised ShardingTypeError):
     2 processes give the numbers of 1 process, each device holding 1/8 of the bucket."""
-    one = cached_run(runs_root, "zero1_1x8", _runs(runs_root))[0]
-    p0, p1 = cached_run(runs_root, "zero1_2x4", _runs(runs_root))
+    one = cached_run(runs_root, "split_1x8", _runs(runs_root))[0]
+    p0, p1 = cached_run(runs_root, "split_2x4", _runs(runs_root))
     for r in (one, p0, p1):
         assert str(r[f"{axes}/info/spec"]) == "P('data',)"
         assert set(r[f"{axes}/info/local"].tolist()) == {10}   # 80 elements / 8 devices
@@ -359,3 +359,24 @@ def test_zero1_with_bucketing_reads_back_across_processes(runs_root, axes):
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
         np.testing.assert_allclose(p0[k], one[k], rtol=2e-6, atol=1e-7, err_msg=k)
     assert float(np.max(np.abs(p0[f"{axes}/m/c"]))) > 0   # the state moved
+
+
+# ------------------------------------------------------------------ int8 state, model-parallel
+@pytest.mark.parametrize("axes", ["explicit", "auto"])
+def test_int8_state_of_model_parallel_params_is_split_across_processes(runs_root, axes):
+    """Two (64, 512) params split by rows and by columns over 8 devices of 2 processes:
+    each device holds 1/8 of each int8 slot's bytes (before, all of them), and the
+    numbers are those of one process."""
+    one = cached_run(runs_root, "split_1x8", _runs(runs_root))[0]
+    p0, p1 = cached_run(runs_root, "split_2x4", _runs(runs_root))
+    prefix = f"int8/{axes}/"
+    for r, devices in ((one, 8), (p0, 4), (p1, 4)):
+        for slot in ("m", "v"):
+            for k in ("rows", "cols"):
+                per, total = r[f"{prefix}info/{slot}/{k}/bytes"], int(r[f"{prefix}info/{slot}/{k}/total"])
+                assert per.tolist() == [total // 8] * devices, (slot, k, per, total)
+    keys = sorted(k for k in p0 if k.startswith(prefix) and "/info/" not in k)
+    assert len(keys) == 6, keys   # 2 params, m and v of each
+    for k in keys:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+        np.testing.assert_allclose(p0[k], one[k], rtol=2e-6, atol=1e-7, err_msg=k)
