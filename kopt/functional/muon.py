@@ -263,10 +263,8 @@ def muon(
       adam_lr_ratio: the AdamW branch's learning rate is `adam_lr_ratio * learning_rate`.
         Default 1.
       momentum: the Muon branch's momentum :math:`\mu`, in [0, 1]. Default 0.95.
-      ns_steps: Newton–Schulz iterations, an int in [0, 100]. Default 5. It is static:
-        it fixes the program compiled. Under `optax.inject_hyperparams`, whose injected
-        values are traced, pass `static_args=("ns_steps",)`; the other numbers (the
-        coefficients, rates, betas, weight decays) can all be injected.
+      ns_steps: Newton–Schulz iterations, an int in [0, 100]. Default 5. Static (it fixes
+        the program): `optax.inject_hyperparams` needs `static_args=("ns_steps",)`.
       nesterov: Nesterov-style momentum on the Muon branch. Default True.
       rms_rate: the Moonlight update scale (Liu et al., 2025), or None for no scaling.
         Default 0.2.
@@ -296,7 +294,6 @@ def muon(
     (2024, github.com/KellerJordan/Muon); Liu et al., "Muon is Scalable for LLM Training"
     (2025, arXiv:2502.16982); `keras.optimizers.Muon`.
     """
-    ns_steps = _static_ns_steps(ns_steps)
     _check_args(adam_beta_1=adam_beta_1, adam_beta_2=adam_beta_2, epsilon=epsilon,
                 momentum=momentum, adam_weight_decay=adam_weight_decay,
                 adam_lr_ratio=adam_lr_ratio, muon_a=muon_a, muon_b=muon_b, muon_c=muon_c,
@@ -305,10 +302,9 @@ def muon(
 
     adam_step = adam_rule(adam_beta_1, adam_beta_2, epsilon, False).step
     muon_step = functools.partial(_muon_step, momentum=momentum, nesterov=nesterov,
-                                  rms_rate=rms_rate, ns_steps=ns_steps,
+                                  rms_rate=rms_rate, ns_steps=_static_ns_steps(ns_steps),
                                   coefficients=(muon_a, muon_b, muon_c))
     cross_cutting = options.replace(weight_decay=None, weight_decay_mask=None)
-
     rates = {"adam": adam_weight_decay, "muon": weight_decay}   # numbers, or traced arrays
 
     @functools.lru_cache(maxsize=8)
@@ -318,9 +314,7 @@ def muon(
         return elementwise_transform(rule, MuonState, learning_rate, cross_cutting)
 
     engine((), ())   # validates the learning rate and the cross-cutting options now
-    decays = functools.partial(_decay_kinds, weight_decay=weight_decay,
-                               adam_weight_decay=adam_weight_decay,
-                               mask=options.weight_decay_mask)
+    decays = functools.partial(_decay_kinds, rates=rates, mask=options.weight_decay_mask)
     flags = functools.partial(_branch_flags, exclude_layers=exclude_layers,
                               exclude_embeddings=exclude_embeddings, adam_mask=adam_mask)
     return _branching(engine, decays, flags)
@@ -359,11 +353,11 @@ def _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio, rates) -> Rule:
                 needs_params=any(decay))
 
 
-def _decay_kinds(adam, params, treedef, *, weight_decay, adam_weight_decay, mask):
+def _decay_kinds(adam, params, treedef, *, rates, mask):
     """Which decay rate each leaf takes, "adam" or "muon" (None: no decay): a static
     tuple, also when the rates are traced (`optax.inject_hyperparams`: a traced rate
     may be 0, and decays by 0)."""
-    on = {"adam": maybe_nonzero(adam_weight_decay), "muon": maybe_nonzero(weight_decay)}
+    on = {kind: maybe_nonzero(rate) for kind, rate in rates.items()}
     if not any(on.values()):
         return (None,) * len(adam)
     if params is None:
