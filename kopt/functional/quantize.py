@@ -50,6 +50,13 @@ over their gap, so the stored value is unbiased, `E[round(x)] = x`, and incremen
 below a bfloat16 ulp (`(1 - beta_2) * g**2` against `v`, say) still move the state on
 average.
 
+**On a mesh.** A quantised slot's blocks (codes and scales) are split over the mesh
+axes its param is split over (`block_spec`), so model parallelism divides int8 state
+like float32 state. With `Explicit` mesh axes (`jax.make_mesh`'s default) the flat and
+block views of a split param are reshapes that JAX cannot type, so `blockwise_step`
+changes views with those axes in `Auto` mode (`in_auto_axes`) and states each result's
+layout; `Quantized.full(..., like=param)` lays new blocks out the same way.
+
 The random numbers of both come from a counter-based hash of (element index, step,
 seed, slot) (`rounding_key`, `_random_bits`): reproducible, the same on every backend,
 and a few integer operations per element, far cheaper on CPU than `jax.random`.
