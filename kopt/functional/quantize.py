@@ -176,7 +176,7 @@ def explicit_axes(x) -> tuple[str, ...]:
         return ()
     try:
         mesh = jax.typeof(x).sharding.mesh
-    except AttributeError:
+    except (AttributeError, TypeError):   # not a JAX value, or no sharding in its type
         return ()
     types = getattr(mesh, "axis_types", ())
     return tuple(n for n, t in zip(getattr(mesh, "axis_names", ()), types) if t == _EXPLICIT)
