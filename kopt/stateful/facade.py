@@ -34,7 +34,7 @@ from kopt.functional.sharding import state_shardings
 from kopt.interop.flax import nnx_gradient_hint
 from kopt.stateful import multihost
 from kopt.stateful import weights as weights_io
-from kopt.stateful.execution import CompiledStep
+from kopt.stateful.execution import CompiledStep, distinct_buffers
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import (
     LOCK,
@@ -224,8 +224,8 @@ class Facade(metaclass=abc.ABCMeta):
         them, and the rest (counters, buckets, made on one device) replicated, so that
         the compiled step always sees the same input shardings and compiles once."""
         if any(isinstance(getattr(x, "sharding", None), NamedSharding) for x in values):
-            return jax.device_put(state, state_shardings(state, values))
-        return state
+            state = jax.device_put(state, state_shardings(state, values))
+        return distinct_buffers(state)
 
     # ----------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
