@@ -116,18 +116,20 @@ def _runtime_offsets(offsets, t):
     compile-time constant, XLA bakes it into the leaf's kernel, so every leaf gets a
     kernel of its own; XLA:CPU compiles each through LLVM (about 20 ms each: a 1000-leaf
     step took 3x optax's compile time). With the offset a runtime value, the kernels of
-    same-shaped leaves are identical and XLA compiles one of them. The offsets become
-    runtime values by passing through a loop that never runs (`t`, the update's count,
-    is at least 1) but whose body XLA cannot reduce to an affine map of its inputs (a
-    rotation), so it can neither fold the loop nor the constants. Not needed on GPU and
-    TPU, whose compilers share kernels differently, and where a loop costs a host
-    round trip: there the offsets stay constants.
+    same-shaped leaves are identical and XLA compiles one of them.
+
+    The offsets become runtime values by passing through a loop on `t` (the update's
+    count, at least 1, so the loop never runs) that swaps two copies of them: XLA can
+    neither fold the loop nor see its outputs as constants, and whatever number of times
+    it ran, its outputs would still be `offsets`. Not on GPU and TPU, which do not need it
+    and where a loop costs a host round trip: there the offsets stay constants.
     """
     if len(offsets) < 2 or jax.default_backend() != "cpu":
         return [np.int32(o) for o in offsets]
-    init = (t, tuple(jnp.asarray(o, jnp.int32) for o in offsets))
-    return list(jax.lax.while_loop(lambda c: c[0] < 0,
-                                   lambda c: (c[0], c[1][1:] + c[1][:1]), init)[1])
+    a = tuple(jnp.asarray(o, jnp.int32) for o in offsets)
+    _, out, _ = jax.lax.while_loop(lambda c: c[0] < 0, lambda c: (c[0] + 1, c[2], c[1]),
+                                   (t, a, a))
+    return list(out)
 
 
 def _run_bucket(step, b, grads, seen, old, deltas, new_buckets):
