@@ -1,63 +1,10 @@
 """kopt: JAX optimizers with Keras 3 numerics, in a functional and a stateful layer."""
 
 from kopt import functional, optimizers, schedules
-from kopt.stateful import (
-    ADOPT,
-    LARS,
-    SGD,
-    AdaBelief,
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Adan,
-    AdEMAMix,
-    Ftrl,
-    Lamb,
-    Lion,
-    LossScaleOptimizer,
-    MultiOptimizer,
-    Muon,
-    Nadam,
-    Optimizer,
-    OptimizerMap,
-    RAdam,
-    RMSprop,
-    ScheduleFreeAdamW,
-    Variable,
-)
+from kopt.stateful import classes
+from kopt.stateful.classes import *  # noqa: F403 - every optimizer class, Optimizer, Variable
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "functional",
-    "optimizers",
-    "schedules",
-    "Variable",
-    "Optimizer",
-    "SGD",
-    "RMSprop",
-    "Adam",
-    "AdamW",
-    "Adadelta",
-    "Adagrad",
-    "Adamax",
-    "Nadam",
-    "Ftrl",
-    "Lion",
-    "Adafactor",
-    "Lamb",
-    "MultiOptimizer",
-    "OptimizerMap",
-    "RAdam",
-    "AdaBelief",
-    "Adan",
-    "ADOPT",
-    "AdEMAMix",
-    "LARS",
-    "Muon",
-    "ScheduleFreeAdamW",
-    "LossScaleOptimizer",
-]
+__all__ = ["functional", "optimizers", "schedules"]
+__all__ += classes.__all__   # the classes' one list: kopt.Adam is kopt.optimizers.Adam

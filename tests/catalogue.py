@@ -56,6 +56,10 @@ class Entry(NamedTuple):
     # Updates at the start that leave the params where they are (ADOPT's first step only
     # records the second moment).
     silent_steps: int = 0
+    # Hyperparameters that give the state every optional slot (RMSprop's `momentum` and
+    # `mg`, Adam's and AdamW's `vhat`), on top of `hparams`: what the state-structure and
+    # checkpoint tests run, so that every kind of slot is saved and mapped.
+    every_slot: dict[str, Any] = {}
 
     @property
     def factory(self):
@@ -69,15 +73,22 @@ class Entry(NamedTuple):
         """The functional transform with the example hyperparameters and `overrides`."""
         return self.factory(**{**self.hparams, **overrides})
 
+    def make_every_slot(self, **overrides):
+        """The functional transform with every optional slot (`every_slot`) and `overrides`."""
+        return self.make(**{**self.every_slot, **overrides})
+
     def make_stateful(self, **overrides):
         return self.cls(**{**self.hparams, **overrides})
 
 
 CATALOGUE: tuple[Entry, ...] = (
     Entry("sgd", "sgd", "SGD", ("momentum",), _ref.sgd, dict(learning_rate=0.05, momentum=0.9)),
-    Entry("rmsprop", "rmsprop", "RMSprop", ("rms",), _ref.rmsprop, dict(learning_rate=0.05)),
-    Entry("adam", "adam", "Adam", ("m", "v"), _ref.adam, dict(learning_rate=0.1)),
-    Entry("adamw", "adamw", "AdamW", ("m", "v"), _ref.adamw, dict(learning_rate=0.1)),
+    Entry("rmsprop", "rmsprop", "RMSprop", ("rms",), _ref.rmsprop, dict(learning_rate=0.05),
+          every_slot=dict(momentum=0.5, centered=True)),
+    Entry("adam", "adam", "Adam", ("m", "v"), _ref.adam, dict(learning_rate=0.1),
+          every_slot=dict(amsgrad=True)),
+    Entry("adamw", "adamw", "AdamW", ("m", "v"), _ref.adamw, dict(learning_rate=0.1),
+          every_slot=dict(amsgrad=True)),
     Entry("adadelta", "adadelta", "Adadelta", ("accum_grad", "accum_var"), _ref_more.adadelta,
           dict(learning_rate=100.0)),   # Adadelta starts with steps ~ sqrt(epsilon)
     Entry("adagrad", "adagrad", "Adagrad", ("accumulator",), _ref_more.adagrad,

@@ -5,24 +5,36 @@ Deliberately independent of the code under test: no jax, no kopt. Each optimizer
 - `params`: a list of arrays (one per leaf, any shapes);
 - `grads_seq`: a sequence of steps, each a list of gradient arrays like `params`;
 - its hyperparameters, with Keras 3's names and defaults;
+- the cross-cutting options, as keywords (`**options` of `keras_loop`);
 
-and returns the trajectory: a list with one entry per step, each a list of float64 arrays
-(the params after that step).
+and returns the trajectory: a list with one entry per call, each a list of float64 arrays
+(the params after that call).
 
-One step follows `keras.src.optimizers.base_optimizer.BaseOptimizer.apply`:
+`keras_loop` is the one loop around every reference's rule (here and in the other
+`tests/references*.py`): one call of `keras.src.optimizers.base_optimizer.BaseOptimizer.apply`
+(and the JAX backend's `_backend_apply_gradients`), per call k (0-based):
 
-1. `_clip_gradients`: `clipnorm` (per tensor), else `global_clipnorm`, else `clipvalue`
-   (an option of 0 or None is off);
-2. `_apply_weight_decay`: `var -= var * weight_decay * lr` where the mask allows, with the
-   learning rate of the current step;
-3. `update_step` per variable, with `lr = learning_rate(iterations)` where `learning_rate`
-   is a float or a schedule called with the step count *before* it is incremented.
+1. the gradients are divided by `loss_scale_factor`;
+2. with `gradient_accumulation_steps=N`, they are added to a sum, and only a call with
+   (k + 1) % N == 0 updates, on the sum's mean (then the sum restarts); other calls change
+   no weight;
+3. an update clips (`_clip_gradients`: `clipnorm` per tensor, else `global_clipnorm`,
+   else `clipvalue`; 0 or None is off), applies the decoupled weight decay
+   `w -= w * weight_decay * lr` where `weight_decay_mask` allows, then the rule, with
+   `lr = learning_rate(k)` (a schedule reads the raw call count, Keras's `_iterations`)
+   and `t` the number of updates including this one;
+4. with `use_ema`, after *every* call, an update or not (Keras updates the average on every
+   call, `_update_model_variables_moving_average`): `ema = mu ema + (1 - mu) w`, with
+   `mu = 0` while no update was done before the call (`iterations == 0`) and
+   `ema_momentum` after; with `ema_overwrite_frequency=F`, the call then sets `w = ema`
+   when (updates before it + 1) % F == 0.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +45,8 @@ __all__ = [
     "adamw",
     "exponential_decay",
     "clip_gradients",
+    "keras_loop",
+    "run",
 ]
 
 Arrays = list[np.ndarray]
@@ -74,33 +88,78 @@ def clip_gradients(
     return list(grads)
 
 
-def _run(
+def keras_loop(
+    params: Sequence[np.ndarray],
+    grads_seq: Sequence[Sequence[np.ndarray]],
+    learning_rate: float | Callable[[int], float],
+    step: Callable[[Arrays, Arrays, float, int], Arrays],
+    record: Callable[[Arrays, Arrays, int], Any] | None = None,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask: Sequence[bool] | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+) -> list:
+    """The Keras `apply` loop of the module docstring around `step(w, grads, lr, t) -> w`
+    (lists of float64 arrays; `step` keeps its own slots). Returns `record(w, ema,
+    updates)` after every call (default: a copy of w). A rule that decays its weights
+    itself (Muon per branch, Schedule-Free on y) gets no `weight_decay` here."""
+    w = [np.array(p, dtype=np.float64) for p in params]
+    decays = [True] * len(w) if weight_decay_mask is None else list(weight_decay_mask)
+    accum = [np.zeros_like(x) for x in w]
+    ema = [np.zeros_like(x) for x in w]
+    updates = 0
+    out = []
+    for call, grads in enumerate(grads_seq):
+        done = updates   # Keras's `iterations` during this call
+        grads = [np.asarray(g, dtype=np.float64) for g in grads]
+        if loss_scale_factor is not None:
+            grads = [g / loss_scale_factor for g in grads]
+        run_update = True
+        if gradient_accumulation_steps:
+            accum = [a + g for a, g in zip(accum, grads)]
+            run_update = (call + 1) % gradient_accumulation_steps == 0
+            if run_update:
+                grads = [a / gradient_accumulation_steps for a in accum]
+                accum = [np.zeros_like(x) for x in w]
+        if run_update:
+            lr = learning_rate(call) if callable(learning_rate) else learning_rate
+            grads = clip_gradients(grads, clipnorm, clipvalue, global_clipnorm)
+            if weight_decay is not None:
+                w = [x - x * weight_decay * lr if d else x for x, d in zip(w, decays)]
+            updates += 1
+            w = step(w, grads, lr, updates)
+        if use_ema:
+            mu = 0.0 if done == 0 else ema_momentum
+            ema = [mu * e + (1 - mu) * x for e, x in zip(ema, w)]
+            if ema_overwrite_frequency and (done + 1) % ema_overwrite_frequency == 0:
+                w = [e.copy() for e in ema]
+        out.append(record(w, ema, updates) if record else [x.copy() for x in w])
+    return out
+
+
+def run(
     init_slots: Callable[[np.ndarray], dict],
     update: Callable[[np.ndarray, np.ndarray, dict, float, int], np.ndarray],
     params: Sequence[np.ndarray],
     grads_seq: Sequence[Sequence[np.ndarray]],
     learning_rate: float | Callable[[int], float],
-    weight_decay: float | None,
-    weight_decay_mask: Sequence[bool] | None,
-    clipnorm: float | None,
-    clipvalue: float | None,
-    global_clipnorm: float | None,
+    **options,
 ) -> list[Arrays]:
-    """The Keras `apply` loop; `update(var, g, slots, lr, t)` returns the new var."""
-    variables = [np.array(p, dtype=np.float64) for p in params]
-    slots = [init_slots(v) for v in variables]
-    mask = [True] * len(variables) if weight_decay_mask is None else list(weight_decay_mask)
-    trajectory = []
-    for iterations, grads in enumerate(grads_seq):
-        grads = [np.asarray(g, dtype=np.float64) for g in grads]
-        grads = clip_gradients(grads, clipnorm, clipvalue, global_clipnorm)
-        lr = learning_rate(iterations) if callable(learning_rate) else learning_rate
-        if weight_decay is not None:
-            variables = [v - v * weight_decay * lr if use else v for v, use in zip(variables, mask)]
-        t = iterations + 1
-        variables = [update(v, g, s, lr, t) for v, g, s in zip(variables, grads, slots)]
-        trajectory.append([v.copy() for v in variables])
-    return trajectory
+    """`keras_loop` around a per-variable rule: `init_slots(w) -> slots` (a dict the rule
+    updates in place) and `update(w, g, slots, lr, t) -> new w`, Keras's `update_step`."""
+    slots = [init_slots(np.array(p, dtype=np.float64)) for p in params]
+
+    def step(w, grads, lr, t):
+        return [update(x, g, s, lr, t) for x, g, s in zip(w, grads, slots)]
+
+    return keras_loop(params, grads_seq, learning_rate, step, **options)
 
 
 def sgd(
@@ -109,12 +168,7 @@ def sgd(
     learning_rate=0.01,
     momentum=0.0,
     nesterov=False,
-    *,
-    weight_decay=None,
-    weight_decay_mask=None,
-    clipnorm=None,
-    clipvalue=None,
-    global_clipnorm=None,
+    **options,
 ) -> list[Arrays]:
     """`keras.optimizers.SGD`.
 
@@ -134,18 +188,7 @@ def sgd(
             return w + momentum * s["velocity"] - lr * g
         return w + s["velocity"]
 
-    return _run(
-        init,
-        update,
-        params,
-        grads_seq,
-        learning_rate,
-        weight_decay,
-        weight_decay_mask,
-        clipnorm,
-        clipvalue,
-        global_clipnorm,
-    )
+    return run(init, update, params, grads_seq, learning_rate, **options)
 
 
 def rmsprop(
@@ -156,12 +199,7 @@ def rmsprop(
     momentum=0.0,
     epsilon=1e-7,
     centered=False,
-    *,
-    weight_decay=None,
-    weight_decay_mask=None,
-    clipnorm=None,
-    clipvalue=None,
-    global_clipnorm=None,
+    **options,
 ) -> list[Arrays]:
     """`keras.optimizers.RMSprop` (epsilon inside the square root).
 
@@ -187,18 +225,7 @@ def rmsprop(
             return w - s["m"]
         return w - increment
 
-    return _run(
-        init,
-        update,
-        params,
-        grads_seq,
-        learning_rate,
-        weight_decay,
-        weight_decay_mask,
-        clipnorm,
-        clipvalue,
-        global_clipnorm,
-    )
+    return run(init, update, params, grads_seq, learning_rate, **options)
 
 
 def adam(
@@ -209,12 +236,7 @@ def adam(
     beta_2=0.999,
     epsilon=1e-7,
     amsgrad=False,
-    *,
-    weight_decay=None,
-    weight_decay_mask=None,
-    clipnorm=None,
-    clipvalue=None,
-    global_clipnorm=None,
+    **options,
 ) -> list[Arrays]:
     """`keras.optimizers.Adam`, Keras's epsilon-hat form.
 
@@ -237,18 +259,7 @@ def adam(
             v = s["vhat"]
         return w - alpha * s["m"] / (np.sqrt(v) + epsilon)
 
-    return _run(
-        init,
-        update,
-        params,
-        grads_seq,
-        learning_rate,
-        weight_decay,
-        weight_decay_mask,
-        clipnorm,
-        clipvalue,
-        global_clipnorm,
-    )
+    return run(init, update, params, grads_seq, learning_rate, **options)
 
 
 def adamw(
@@ -260,24 +271,8 @@ def adamw(
     beta_2=0.999,
     epsilon=1e-7,
     amsgrad=False,
-    *,
-    weight_decay_mask=None,
-    clipnorm=None,
-    clipvalue=None,
-    global_clipnorm=None,
+    **options,
 ) -> list[Arrays]:
     """`keras.optimizers.AdamW`: Keras's decoupled weight decay, then the Adam step."""
-    return adam(
-        params,
-        grads_seq,
-        learning_rate,
-        beta_1,
-        beta_2,
-        epsilon,
-        amsgrad,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-    )
+    return adam(params, grads_seq, learning_rate, beta_1, beta_2, epsilon, amsgrad,
+                weight_decay=weight_decay, **options)

@@ -3,9 +3,9 @@
 Written from the formulas of Keras 3's `update_step` (keras/src/optimizers/adafactor.py and
 lamb.py) and the papers, with no jax and no kopt. The calling convention is that of
 `tests/references.py`: params, a sequence of gradient steps, Keras's arguments and
-defaults, then the clip and weight-decay options; the result is the trajectory (the params
-after every step). The Keras `apply` loop (clip, decoupled weight decay with the step's
-learning rate, then the update) is `references._run`; `t` is the 1-based step.
+defaults, then the cross-cutting options; the result is the trajectory (the params after
+every step). The Keras `apply` loop around the rules, with every cross-cutting option, is
+`references.keras_loop` (through `references.run`); `t` is the 1-based update.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import math
 import numpy as np
 
 try:
-    from tests.references import _run
+    from tests.references import run
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from references import _run
+    from references import run
 
 __all__ = ["adafactor", "lamb"]
 
@@ -28,8 +28,7 @@ def _rms(x) -> float:
 
 def adafactor(
     params, grads_seq, learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3,
-    clip_threshold=1.0, relative_step=True, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    clip_threshold=1.0, relative_step=True, **options,
 ):
     """`keras.optimizers.Adafactor`.
 
@@ -65,13 +64,11 @@ def adafactor(
         u = u / max(1.0, _rms(u) / clip_threshold)
         return w - step * u
 
-    return _run(init, update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(init, update, params, grads_seq, learning_rate, **options)
 
 
 def lamb(
-    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **options,
 ):
     """`keras.optimizers.Lamb`.
 
@@ -91,5 +88,4 @@ def lamb(
         ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
         return w - lr * ratio * u
 
-    return _run(init, update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(init, update, params, grads_seq, learning_rate, **options)

@@ -4,8 +4,8 @@ Written from Keras 3's `update_step` formulas (keras/src/optimizers/<name>.py), 
 jax and no kopt. Each function has the calling convention of `tests/references.py`
 (params, a sequence of gradient steps, then Keras's arguments and defaults, then the
 cross-cutting options) and returns the trajectory: the params after every step.
-The Keras `apply` loop (clip, decoupled weight decay with the step's learning rate,
-then the update) is `references._run`.
+The Keras `apply` loop around the rules, with every cross-cutting option, is
+`references.keras_loop` (through `references.run`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import math
 import numpy as np
 
 try:
-    from tests.references import _run
+    from tests.references import run
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from references import _run
+    from references import run
 
 __all__ = ["adagrad", "adamax", "adadelta", "nadam", "ftrl", "lion"]
 
@@ -32,8 +32,7 @@ def _zeros(*names, **filled):
 
 
 def adagrad(
-    params, grads_seq, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    params, grads_seq, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **options,
 ):
     """`keras.optimizers.Adagrad`: acc += g^2;  w -= lr * g / sqrt(acc + eps)."""
 
@@ -41,13 +40,11 @@ def adagrad(
         s["acc"] = s["acc"] + g * g
         return w - lr * g / np.sqrt(s["acc"] + epsilon)
 
-    return _run(_zeros(acc=initial_accumulator_value), update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(_zeros(acc=initial_accumulator_value), update, params, grads_seq, learning_rate, **options)
 
 
 def adamax(
-    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **options,
 ):
     """`keras.optimizers.Adamax`.
 
@@ -60,13 +57,11 @@ def adamax(
         s["u"] = np.maximum(beta_2 * s["u"], np.abs(g))
         return w - lr * s["m"] / ((1 - beta_1**t) * (s["u"] + epsilon))
 
-    return _run(_zeros("m", "u"), update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(_zeros("m", "u"), update, params, grads_seq, learning_rate, **options)
 
 
 def adadelta(
-    params, grads_seq, learning_rate=0.001, rho=0.95, epsilon=1e-7, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    params, grads_seq, learning_rate=0.001, rho=0.95, epsilon=1e-7, **options,
 ):
     """`keras.optimizers.Adadelta`.
 
@@ -81,13 +76,11 @@ def adadelta(
         s["ed"] = rho * s["ed"] + (1 - rho) * d * d
         return w + lr * d
 
-    return _run(_zeros("eg", "ed"), update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(_zeros("eg", "ed"), update, params, grads_seq, learning_rate, **options)
 
 
 def nadam(
-    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **options,
 ):
     """`keras.optimizers.Nadam`, with mu_t = beta_1 (1 - 0.5 * 0.96^t).
 
@@ -109,15 +102,13 @@ def nadam(
         v_hat = s["v"] / (1 - beta_2**t)
         return w - lr * m_hat / (np.sqrt(v_hat) + epsilon)
 
-    return _run(_zeros("m", "v"), update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(_zeros("m", "v"), update, params, grads_seq, learning_rate, **options)
 
 
 def ftrl(
     params, grads_seq, learning_rate=0.001, learning_rate_power=-0.5, initial_accumulator_value=0.1,
     l1_regularization_strength=0.0, l2_regularization_strength=0.0,
-    l2_shrinkage_regularization_strength=0.0, beta=0.0, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    l2_shrinkage_regularization_strength=0.0, beta=0.0, **options,
 ):
     """`keras.optimizers.Ftrl` (FTRL-Proximal), with p = -learning_rate_power.
 
@@ -134,13 +125,11 @@ def ftrl(
         denominator = n_new**p / lr + 2 * l2_regularization_strength + beta / lr
         return (np.clip(s["z"], -l1, l1) - s["z"]) / denominator
 
-    return _run(_zeros("z", n=initial_accumulator_value), update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(_zeros("z", n=initial_accumulator_value), update, params, grads_seq, learning_rate, **options)
 
 
 def lion(
-    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.99, *,
-    weight_decay=None, weight_decay_mask=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    params, grads_seq, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **options,
 ):
     """`keras.optimizers.Lion`: w -= lr sign(beta_1 m + (1 - beta_1) g);  m = beta_2 m + (1 - beta_2) g."""
 
@@ -149,5 +138,4 @@ def lion(
         s["m"] = beta_2 * s["m"] + (1 - beta_2) * g
         return w
 
-    return _run(_zeros("m"), update, params, grads_seq, learning_rate,
-                weight_decay, weight_decay_mask, clipnorm, clipvalue, global_clipnorm)
+    return run(_zeros("m"), update, params, grads_seq, learning_rate, **options)

@@ -7,9 +7,9 @@ gradient steps, then Keras's arguments and defaults, then the cross-cutting opti
 Each returns the trajectory (the params after every step); `schedule_free_adamw` also
 returns the averaged point x after every step.
 
-One call (`_loop`): unscale by `loss_scale_factor`, accumulate (with
-`gradient_accumulation_steps`), clip, decoupled weight decay with the step's learning rate
-(per branch for Muon), the update, then the EMA and its overwrite (with `use_ema`).
+The Keras `apply` loop around the rules, with every cross-cutting option, is
+`references.keras_loop`; both rules decay their weights themselves (Muon per branch,
+Schedule-Free on y), so the loop gets no `weight_decay`.
 """
 
 from __future__ import annotations
@@ -20,54 +20,11 @@ import re
 import numpy as np
 
 try:
-    from tests.references import clip_gradients
+    from tests.references import keras_loop
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from references import clip_gradients
+    from references import keras_loop
 
 __all__ = ["newton_schulz", "muon", "schedule_free_adamw"]
-
-
-def _loop(params, grads_seq, learning_rate, update, record=None, *, loss_scale_factor=None,
-          use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
-          gradient_accumulation_steps=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
-    """Keras 3's `apply` around `update(w, grads, lr, t) -> w` (which also decays);
-    returns `record(w)` after every call (default: a copy of w).
-
-    Per call k (0-based): unscale; with accumulation N, add to the sum and, when
-    (k + 1) % N == 0, run on the mean and reset; clip; the learning rate is the schedule
-    at k (raw calls); t counts real updates. With EMA, after every call
-    `ema = mu ema + (1 - mu) w` with mu = 0 before the first real update, and
-    `w = ema` when (updates before this call + 1) % F == 0.
-    """
-    w = [np.array(p, np.float64) for p in params]
-    acc = [np.zeros_like(x) for x in w]
-    ema = [np.zeros_like(x) for x in w]
-    updates = 0
-    out = []
-    for k, grads in enumerate(grads_seq):
-        grads = [np.asarray(g, np.float64) for g in grads]
-        if loss_scale_factor is not None:
-            grads = [g / loss_scale_factor for g in grads]
-        done = updates
-        run = True
-        if gradient_accumulation_steps:
-            acc = [a + g for a, g in zip(acc, grads)]
-            run = (k + 1) % gradient_accumulation_steps == 0
-            grads = [a / gradient_accumulation_steps for a in acc]
-            if run:
-                acc = [np.zeros_like(a) for a in acc]
-        if run:
-            grads = clip_gradients(grads, clipnorm, clipvalue, global_clipnorm)
-            lr = learning_rate(k) if callable(learning_rate) else learning_rate
-            w = update(w, grads, lr, updates + 1)
-            updates += 1
-        if use_ema:
-            mu = 0.0 if done == 0 else ema_momentum
-            ema = [mu * e + (1 - mu) * x for e, x in zip(ema, w)]
-            if ema_overwrite_frequency and (done + 1) % ema_overwrite_frequency == 0:
-                w = [e.copy() for e in ema]
-        out.append(record(w) if record else [x.copy() for x in w])
-    return out
 
 
 def newton_schulz(x, steps, a, b, c):
@@ -120,7 +77,7 @@ def muon(
                 w[i] = w[i] - lr * step
         return w
 
-    return _loop(params, grads_seq, learning_rate, update, **options)
+    return keras_loop(params, grads_seq, learning_rate, update, **options)
 
 
 def schedule_free_adamw(
@@ -150,8 +107,8 @@ def schedule_free_adamw(
             y[i] = (1 - beta_1) * z[i] + beta_1 * x
         return y
 
-    def record(y):
+    def record(y, ema, updates):
         return [p.copy() for p in y], [(p - (1 - beta_1) * q) / beta_1 for p, q in zip(y, z)]
 
-    out = _loop(params, grads_seq, learning_rate, update, record, **options)
+    out = keras_loop(params, grads_seq, learning_rate, update, record, **options)
     return [y for y, _ in out], [x for _, x in out]

@@ -40,13 +40,11 @@ from tests.helpers import assert_trees_close
 try:  # tests/ is not a package: pytest puts it on sys.path
     import references as base_ref
     import references_beyond as ref
-    import references_muon_sf as ref_msf
     import test_conformance as conf
     import test_reference as harness
 except ImportError:
     from tests import references as base_ref
     from tests import references_beyond as ref
-    from tests import references_muon_sf as ref_msf
     from tests import test_conformance as conf
     from tests import test_reference as harness
 
@@ -171,8 +169,8 @@ def test_matches_float64_reference(case, threshold):
 @pytest.mark.parametrize("frequency", [3, 5], ids=["overwrite-3", "overwrite-5"])
 def test_reference_loops_follow_keras_with_ema_and_accumulation(frequency):
     """Keras 3's SGD with EMA and gradient accumulation together, call by call, against
-    both float64 reference loops (references_beyond._run, references_muon_sf._loop, each
-    around the plain SGD rule) and against kopt's SGD."""
+    the float64 reference loop of every reference (references.keras_loop, around the plain
+    SGD rule) and against kopt's SGD."""
     keras = pytest.importorskip("keras")
     options = dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=frequency,
                    gradient_accumulation_steps=2)
@@ -190,12 +188,10 @@ def test_reference_loops_follow_keras_with_ema_and_accumulation(frequency):
             keras_run.append([np.asarray(v.value, np.float64) for v in k_vars])
             kopt_run.append([np.asarray(v.value, np.float64) for v in o_vars])
 
-    beyond = ref._run(lambda x: {}, lambda x, g, s, lr, t, i: x - lr * g, params, grads_seq,
-                      lr, **options)
-    muon_sf = ref_msf._loop(params, grads_seq, lr, lambda w, g, lr, t: [x - lr * y for x, y in zip(w, g)],
-                            **options)
-    for name, run in (("references_beyond", beyond), ("references_muon_sf", muon_sf),
-                      ("kopt", kopt_run)):
+    loop = base_ref.keras_loop(params, grads_seq, lr,
+                               lambda w, g, lr, t: [x - lr * y for x, y in zip(w, g)],
+                               **options)
+    for name, run in (("references.keras_loop", loop), ("kopt", kopt_run)):
         for call, (got, want) in enumerate(zip(run, keras_run)):
             for a, b in zip(got, want):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,

@@ -1,15 +1,16 @@
 """orbax checkpoints of every functional state, as a matrix (issue 14, item 1).
 
-For each functional factory, and for each variant that applies to it (defaults, which
-bucket every leaf of this small tree; bucketing off; a bucket beside a leaf of its own;
-`use_ema`; gradient accumulation stopped in the
+For each optimizer of `tests/catalogue.py` (with every optional slot: its
+`make_every_slot`), and for each variant that applies to it (defaults, which bucket every
+leaf of this small tree; bucketing off; a bucket beside a leaf of its own; `use_ema`;
+gradient accumulation stopped in the
 middle of a cycle; a learning-rate schedule; bfloat16 and int8 state), the state after
 two jitted steps is saved with `orbax.checkpoint.StandardCheckpointer` as
 `{"optimizer": state}`, restored into an abstract target made by
 `jax.eval_shape(tx.init, params)` (what a fresh process has), and three more steps from
 the restored state give the same params and state, bit for bit, as the uninterrupted run.
 
-One checkpoint per factory holds all its variants, to keep the file fast.
+One checkpoint per optimizer holds all its variants, to keep the file fast.
 """
 
 from __future__ import annotations
@@ -22,31 +23,9 @@ import pytest
 
 import kopt
 import kopt.functional as kf
+from tests.catalogue import BY_NAME, NAMES
 
 ocp = pytest.importorskip("orbax.checkpoint")
-
-FACTORIES = {
-    "sgd": lambda **kw: kf.sgd(0.1, momentum=0.9, **kw),
-    "rmsprop": lambda **kw: kf.rmsprop(0.01, momentum=0.5, centered=True, **kw),
-    "adam": lambda **kw: kf.adam(0.05, amsgrad=True, **kw),
-    "adamw": lambda **kw: kf.adamw(0.05, **kw),
-    "adadelta": lambda **kw: kf.adadelta(0.5, **kw),
-    "adagrad": lambda **kw: kf.adagrad(0.1, **kw),
-    "adamax": lambda **kw: kf.adamax(0.05, **kw),
-    "nadam": lambda **kw: kf.nadam(0.05, **kw),
-    "ftrl": lambda **kw: kf.ftrl(0.1, **kw),
-    "lion": lambda **kw: kf.lion(0.01, **kw),
-    "adafactor": lambda **kw: kf.adafactor(0.1, **kw),
-    "lamb": lambda **kw: kf.lamb(0.05, **kw),
-    "radam": lambda **kw: kf.radam(0.05, **kw),
-    "adabelief": lambda **kw: kf.adabelief(0.05, **kw),
-    "adan": lambda **kw: kf.adan(0.05, **kw),
-    "ademamix": lambda **kw: kf.ademamix(0.05, **kw),
-    "lars": lambda **kw: kf.lars(0.1, momentum=0.9, **kw),
-    "adopt": lambda **kw: kf.adopt(0.05, **kw),
-    "muon": lambda **kw: kf.muon(0.05, **kw),
-    "schedule_free_adamw": lambda **kw: kf.schedule_free_adamw(0.05, **kw),
-}
 
 # name -> (keyword arguments, needs state_dtype support)
 VARIANTS = {
@@ -72,29 +51,19 @@ def _grads(steps):
             for _ in range(steps)]
 
 
-def _transform(factory, variant):
+def _transform(name, variant):
     kwargs, needs_state_dtype = VARIANTS[variant]
-    make = FACTORIES[factory]
-    if needs_state_dtype and "state_dtype" not in inspect.signature(
-            getattr(kf, factory)).parameters:
+    entry = BY_NAME[name]
+    if needs_state_dtype and "state_dtype" not in inspect.signature(entry.factory).parameters:
         return None
     kwargs = dict(kwargs)
     if kwargs.get("learning_rate") == "schedule":
         kwargs["learning_rate"] = kopt.schedules.ExponentialDecay(0.05, 2, 0.5)
-        return _with_rate(factory, kwargs)
     try:
-        return make(**kwargs)
+        return entry.make_every_slot(**kwargs)
     except ValueError:   # int8 state on a rule that works on whole tensors
         assert variant == "int8"
         return None
-
-
-def _with_rate(factory, kwargs):
-    """`factory` with a schedule as its (first, positional) learning rate."""
-    rate = kwargs.pop("learning_rate")
-    fn = getattr(kf, factory)
-    extra = {"sgd": {"momentum": 0.9}, "lars": {"momentum": 0.9}}.get(factory, {})
-    return fn(rate, **extra, **kwargs)
 
 
 def _step_fn(tx):
@@ -112,15 +81,15 @@ def _assert_bitwise(a, b, what):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=what)
 
 
-@pytest.mark.parametrize("factory", sorted(FACTORIES))
-def test_orbax_save_restore_continues_bit_for_bit(factory, tmp_path):
+@pytest.mark.parametrize("name", NAMES)
+def test_orbax_save_restore_continues_bit_for_bit(name, tmp_path):
     grads = _grads(5)
     # Committed to one device, like what orbax restores, so both runs share one compiled step.
     device = jax.devices()[0]
     params0 = jax.device_put(PARAMS, device)
     cases, saved = {}, {}
     for variant in VARIANTS:
-        tx = _transform(factory, variant)
+        tx = _transform(name, variant)
         if tx is None:
             continue
         step = _step_fn(tx)
@@ -145,7 +114,7 @@ def test_orbax_save_restore_continues_bit_for_bit(factory, tmp_path):
     checkpointer.close()
 
     for variant, (_tx, step, expected_params, expected_state) in cases.items():
-        what = f"{factory}/{variant}"
+        what = f"{name}/{variant}"
         _assert_bitwise(restored[variant], saved[variant], what + " (restored)")
         params, state = restored[variant]["params"], restored[variant]["optimizer"]
         for g in grads[2:]:

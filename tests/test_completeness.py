@@ -3,8 +3,10 @@
 The places an optimizer needs (`PLACES`):
 
 - a row in `tests/catalogue.py` (which drives the conformance and config tests);
-- its functional factory exported from `kopt.functional`;
-- its stateful class exported from `kopt.optimizers` and from the top-level `kopt`;
+- its functional factory exported from `kopt.functional` (`kopt/functional/__init__.py`);
+- its stateful class exported from `kopt/stateful/classes.py`, the one list of classes that
+  `kopt.stateful`, `kopt.optimizers` and the top-level `kopt` re-export (those three name
+  no optimizer themselves: `test_the_packages_re_export_the_one_class_list`);
 - its class in the registry `kopt.stateful.registry.ALL_OPTIMIZERS` (string identifiers,
   `deserialize`);
 - a row in the README's catalogue tables;
@@ -20,6 +22,8 @@ here with the list of the places it still lacks.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
 import pathlib
 import re
@@ -27,9 +31,9 @@ import types
 
 import pytest
 
-import kopt
 import kopt.functional as kf
 import kopt.optimizers as ko
+import kopt.stateful.classes as kc
 from kopt.stateful.registry import ALL_OPTIMIZERS
 from tests.catalogue import BY_NAME, CATALOGUE, REFERENCE_MODULES, WRAPPERS, Entry
 
@@ -37,16 +41,15 @@ README = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_tex
 
 CATALOGUE_ROW = "a row in tests/catalogue.py"
 FUNCTIONAL = "an export in kopt.functional"
-OPTIMIZERS = "an export in kopt.optimizers"
-TOP_LEVEL = "an export in the top-level kopt"
+CLASS = "an export in kopt/stateful/classes.py (re-exported by kopt.optimizers and kopt)"
 REGISTRY = "an entry in kopt.stateful.registry.ALL_OPTIMIZERS"
 README_ROW = "a row in the README's optimizer tables"
 REFERENCE = "a float64 reference in tests/references*.py"
 RULE = "the update rule (math::) in the functional factory's docstring"
 EXAMPLE = "an example (>>>) in the functional factory's docstring"
 CLASS_EXAMPLE = "an example (>>>) in the stateful class's docstring"
-PLACES = (CATALOGUE_ROW, FUNCTIONAL, OPTIMIZERS, TOP_LEVEL, REGISTRY, README_ROW, REFERENCE,
-          RULE, EXAMPLE, CLASS_EXAMPLE)
+PLACES = (CATALOGUE_ROW, FUNCTIONAL, CLASS, REGISTRY, README_ROW, REFERENCE, RULE, EXAMPLE,
+          CLASS_EXAMPLE)
 
 
 def readme_has_row(readme: str, factory_name: str, class_name: str) -> bool:
@@ -59,22 +62,28 @@ def is_reference(fn) -> bool:
     return any(getattr(m, getattr(fn, "__name__", ""), None) is fn for m in REFERENCE_MODULES)
 
 
+def _exported(module, name: str):
+    """`module.<name>` if `name` is in `module.__all__`, else None."""
+    return getattr(module, name, None) if name in module.__all__ else None
+
+
 def missing_places(entry: Entry, *, readme: str = README, registry=ALL_OPTIMIZERS,
-                   catalogue=BY_NAME, functional=kf) -> list[str]:
+                   catalogue=BY_NAME, functional=kf, classes=kc) -> list[str]:
     """The places of `PLACES` where `entry`'s optimizer is missing."""
     missing = []
     if catalogue.get(entry.name) != entry:
         missing.append(CATALOGUE_ROW)
-    factory = getattr(functional, entry.factory_name, None)
-    if factory is None or entry.factory_name not in functional.__all__:
+    factory = _exported(functional, entry.factory_name)
+    if factory is None:
         missing.append(FUNCTIONAL)
-    cls = getattr(ko, entry.class_name, None)
-    if cls is None or entry.class_name not in ko.__all__:
-        missing.append(OPTIMIZERS)
-    if getattr(kopt, entry.class_name, None) is not cls or entry.class_name not in kopt.__all__:
-        missing.append(TOP_LEVEL)
-    if cls is None or registry.get(entry.name) is not cls:
+    cls = _exported(classes, entry.class_name)
+    if cls is None:
+        missing.append(CLASS)
+    registered = registry.get(entry.name)
+    if registered is None or registered is not (cls or registered) \
+            or registered.__name__ != entry.class_name:
         missing.append(REGISTRY)
+    cls = cls or registered   # a class registered but not exported still has its docstring
     if not readme_has_row(readme, entry.factory_name, entry.class_name):
         missing.append(README_ROW)
     if not is_reference(entry.reference):
@@ -153,17 +162,54 @@ def test_a_new_optimizer_lacks_every_place_and_each_is_named():
     assert missing == list(PLACES)
 
 
-@pytest.mark.parametrize("place", [CATALOGUE_ROW, REGISTRY, README_ROW])
+def _without(module, name: str) -> types.SimpleNamespace:
+    """`module`'s exports, less `name` (as if its line in the export list were missing)."""
+    names = [n for n in module.__all__ if n != name]
+    return types.SimpleNamespace(__all__=names, **{n: getattr(module, n) for n in names})
+
+
+@pytest.mark.parametrize("place", [CATALOGUE_ROW, FUNCTIONAL, CLASS, REGISTRY, README_ROW])
 def test_leaving_one_place_out_names_that_place(place):
     entry = BY_NAME["adam"]
     readme, registry, catalogue = README, dict(ALL_OPTIMIZERS), dict(BY_NAME)
+    functional, classes = kf, kc
     if place == README_ROW:
         readme = README.replace("| `kopt.functional.adam` | `kopt.optimizers.Adam` |", "")
     elif place == REGISTRY:
         del registry["adam"]
+    elif place == FUNCTIONAL:
+        functional = _without(kf, "adam")
+    elif place == CLASS:
+        classes = _without(kc, "Adam")
     else:
         del catalogue["adam"]
-    assert missing_places(entry, readme=readme, registry=registry, catalogue=catalogue) == [place]
+    missing = missing_places(entry, readme=readme, registry=registry, catalogue=catalogue,
+                             functional=functional, classes=classes)
+    if place == FUNCTIONAL:   # the docstring checks read the exported factory
+        assert missing == [FUNCTIONAL, RULE, EXAMPLE]
+    else:
+        assert missing == [place]
+
+
+PACKAGES = ("kopt/__init__.py", "kopt/stateful/__init__.py", "kopt/optimizers/__init__.py")
+
+
+@pytest.mark.parametrize("path", PACKAGES)
+def test_the_packages_re_export_the_one_class_list(path):
+    """`kopt`, `kopt.stateful` and `kopt.optimizers` re-export `kopt/stateful/classes.py`:
+    none of them names an optimizer class (an import or an `__all__` entry), so a new
+    optimizer's class has one export place; and each exports every class, the same object."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    tree = ast.parse((root / path).read_text(encoding="utf-8"))
+    classes = set(kc.__all__)
+    named = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+             for a in n.names} | {n.value for n in ast.walk(tree)
+                                  if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not named & classes, f"{path} names {sorted(named & classes)}: export them in " \
+        "kopt/stateful/classes.py only"
+    module = importlib.import_module(path.removesuffix("/__init__.py").replace("/", "."))
+    for name in kc.__all__:
+        assert name in module.__all__ and getattr(module, name) is getattr(kc, name), name
 
 
 def test_an_undocumented_or_unreferenced_optimizer_names_those_places():

@@ -62,6 +62,12 @@ CASES = [
      ValueError, ("learning_rat",)),
     ("non-string-config-key", lambda: kopt.optimizers.deserialize(
         {"class_name": "Adam", "config": {1: 0.1}}), TypeError, ("keys must be strings", "1")),
+    # Optimizer.from_config runs the same tree check as deserialize (#16 item 5).
+    ("from-config-non-string-key", lambda: kopt.optimizers.Adam.from_config({1: 0.1}),
+     TypeError, ("keys must be strings", "key 1 of type int")),
+    ("from-config-non-string-schedule-key", lambda: kopt.optimizers.SGD.from_config(
+        {"learning_rate": {"class_name": "ExponentialDecay", "config": {(1, 2): 0.5}}}),
+     TypeError, ("config['learning_rate']['config']", "key (1, 2)")),
     ("lr-schedule-class-name-list", lambda: kopt.optimizers.deserialize(
         {"class_name": "Adam", "config": {"learning_rate": {"class_name": ["x"], "config": {}}}}),
      (ValueError, TypeError), ("'learning_rate'",)),

@@ -16,6 +16,13 @@ import kopt
 from tests.catalogue import CATALOGUE
 from tests.helpers import jit_max_traces
 
+try:  # tests/ is not a package: pytest puts it on sys.path
+    import references as ref
+    import test_reference as harness
+except ImportError:
+    from tests import references as ref
+    from tests import test_reference as harness
+
 SHAPES = [(4, 3), (5,), (2, 3, 2)]
 STEPS = 10
 
@@ -164,19 +171,16 @@ def test_scale_loss():
     assert float(kopt.optimizers.SGD(loss_scale_factor=2.0).scale_loss(x)) == 6.0
 
 
-def _ema_reference(params, grads_seq, lr, m, freq):
-    """Float64 SGD + Keras EMA semantics, written from the formulas."""
-    p = [x.astype(np.float64) for x in params]
-    ema = [np.zeros_like(x) for x in p]
-    out = []
-    for k, grads in enumerate(grads_seq):
-        p = [x - lr * g.astype(np.float64) for x, g in zip(p, grads)]
-        mom = 0.0 if k == 0 else m
-        ema = [mom * e + (1 - mom) * x for e, x in zip(ema, p)]
-        if freq and (k + 1) % freq == 0:
-            p = [e.copy() for e in ema]
-        out.append((p, k + 1, ema))
-    return out
+def _sgd_reference(params, grads_seq, lr, **options):
+    """Float64 plain SGD in the one reference loop (`references.keras_loop`): the params,
+    `iterations` and (with `use_ema`) the EMA after every call."""
+    def record(w, ema, updates):
+        return ([x.copy() for x in w], updates,
+                [e.copy() for e in ema] if options.get("use_ema") else None)
+
+    return ref.keras_loop(params, grads_seq, lr,
+                          lambda w, g, lr, t: [x - lr * y for x, y in zip(w, g)], record,
+                          **options)
 
 
 @pytest.mark.parametrize("freq", [None, 3])
@@ -184,31 +188,53 @@ def test_ema_float64_reference(freq):
     params, grads = _data(seed=5)
     kw = dict(learning_rate=0.1, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=freq)
     _assert_close(run_functional("SGD", kw, params, grads),
-                  _ema_reference(params, grads, 0.1, 0.9, freq))
-
-
-def _accum_reference(params, grads_seq, lr, n):
-    """Float64 SGD with gradient accumulation (mean of n micro-batches)."""
-    p = [x.astype(np.float64) for x in params]
-    acc = [np.zeros_like(x) for x in p]
-    out = []
-    count = 0
-    for k, grads in enumerate(grads_seq):
-        acc = [a + g for a, g in zip(acc, grads)]
-        if (k + 1) % n == 0:
-            p = [x - lr * a / n for x, a in zip(p, acc)]
-            acc = [np.zeros_like(x) for x in p]
-            count += 1
-        out.append(([x.copy() for x in p], count, None))
-    return out
+                  _sgd_reference(params, grads, 0.1, use_ema=True, ema_momentum=0.9,
+                                 ema_overwrite_frequency=freq))
 
 
 def test_accumulation_float64_reference_and_iterations():
     params, grads = _data(seed=7, steps=11)
     ours = run_functional("SGD", dict(learning_rate=0.1, gradient_accumulation_steps=4),
                           params, grads)
-    _assert_close(ours, _accum_reference(params, grads, 0.1, 4))
+    _assert_close(ours, _sgd_reference(params, grads, 0.1, gradient_accumulation_steps=4))
     assert [it for _, it, _ in ours] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+
+
+# EMA and accumulation together, Keras's way: the average moves on every call, also the
+# calls that only accumulate (with momentum 0 until a first update), and the overwrite
+# follows the update count.
+EMA_AND_ACCUMULATION = dict(use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=3,
+                            gradient_accumulation_steps=2)
+
+
+def _reference_trajectory(entry, params, grads_seq, **options):
+    """`entry`'s float64 reference (all in `references.keras_loop`) with its example
+    hyperparameters and `options`: the params after every call."""
+    extra = {"names": [f"v{i}" for i in range(len(params))]} if entry.name == "muon" else {}
+    out = entry.reference(params, grads_seq, **extra, **entry.hparams, **options)
+    return out[0] if entry.name == "schedulefreeadamw" else out   # (y, x): the params y
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
+def test_ema_with_accumulation_matches_the_float64_reference_loop(entry):
+    params, grads = _data(seed=11, steps=12)
+    tx = entry.make(**EMA_AND_ACCUMULATION)
+    step = jax.jit(lambda p, state, g: _apply(tx, p, state, g))
+    p = tuple(jnp.asarray(x) for x in params)
+    state, ours = tx.init(p), []
+    for g in grads:
+        p, state = step(p, state, tuple(jnp.asarray(x) for x in g))
+        ours.append([np.asarray(x, np.float64) for x in p])
+    f64 = [x.astype(np.float64) for x in params]
+    expected = _reference_trajectory(entry, f64, [[x.astype(np.float64) for x in g] for g in grads],
+                                     **EMA_AND_ACCUMULATION)
+    harness.assert_trajectories_close(ours, expected, start=f64)
+    assert int(kopt.functional.iteration_count(state)) == len(grads) // 2
+
+
+def _apply(tx, params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return kopt.functional.apply_updates(params, updates), state
 
 
 def test_accumulation_non_update_steps_change_nothing():

@@ -169,3 +169,21 @@ def test_detection_helpers_never_import_flax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "(False, '', '') False"
+
+
+def test_transform_tree_mismatch_error_carries_the_nnx_hint():
+    """A transform initialised on the model's nnx.State (nnx.Param nodes) and then given
+    plain-array gradients names the route that works (#16 item 5); a mismatch with no nnx
+    Variables in it gets no hint."""
+    model = MLP(nnx.Rngs(0))
+    tx = kf.adam(1e-3)
+    params = nnx.state(model, nnx.Param)
+    state = tx.init(params)
+    pure = nnx.as_pure(params)
+    with pytest.raises(ValueError, match="does not match") as info:
+        tx.update(pure, state, params)
+    assert "kopt.interop.flax.transform(tx)" in str(info.value)
+    plain = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match="does not match") as info:
+        tx.update({"v": jnp.ones(2)}, tx.init(plain), plain)
+    assert "nnx" not in str(info.value)

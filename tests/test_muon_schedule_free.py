@@ -21,6 +21,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import kopt
@@ -505,3 +506,67 @@ def test_exclude_layers_match_the_same_params_from_nnx_split_and_nnx_optimizer()
     through_optimizer = muon_leaves(nnx.as_pure(optimizer.opt_state))
     assert muon_leaves(tx.init(split_params)) == through_optimizer
     assert through_optimizer == [b == "muon" for b in jax.tree.leaves(expected)]
+
+
+# ------------------------------------------------------------------ Muon under optax.inject_hyperparams
+def _inject_params():
+    return {"dense": {"kernel": jnp.linspace(0.5, 1.5, 12, dtype=jnp.float32).reshape(3, 4),
+                      "bias": jnp.linspace(-1.0, 1.0, 4, dtype=jnp.float32)}}
+
+
+def _inject_grads(k):
+    return jax.tree.map(lambda p: jnp.sin(p * k), _inject_params())
+
+
+@pytest.mark.parametrize("hyper,new", [
+    ("muon_a", 3.0), ("muon_b", -4.0), ("muon_c", 1.5), ("weight_decay", 0.1),
+    ("adam_weight_decay", 0.2), ("momentum", 0.5), ("rms_rate", 0.3), ("adam_lr_ratio", 0.5),
+    ("adam_beta_1", 0.5),
+])
+def test_muon_hyperparameters_inject_and_change_under_jit(hyper, new):
+    """Every number but `ns_steps` can be injected (traced under jit); changing it between
+    steps gives the step of a Muon built with the new value, without retracing."""
+    params = _inject_params()
+    # (optax injects an int default, adam_lr_ratio=1, as an int32: pass a float to tune it)
+    floats = {"adam_lr_ratio": 1.0} if hyper == "adam_lr_ratio" else {}
+    tx = optax.inject_hyperparams(muon, static_args=("ns_steps",))(learning_rate=0.1, **floats)
+    state = tx.init(params)
+    assert hyper in state.hyperparams and "ns_steps" not in state.hyperparams
+    step = jit_max_traces(tx.update)
+    _, state = step(_inject_grads(1.0), state, params)
+    u_old, _ = step(_inject_grads(2.0), state, params)
+    state.hyperparams[hyper] = jnp.asarray(new, state.hyperparams[hyper].dtype)
+    u_new, _ = step(_inject_grads(2.0), state, params)
+    u_ref, _ = muon(0.1, **{hyper: new}).update(_inject_grads(2.0), state.inner_state, params)
+    for a, b in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    assert any(not np.allclose(np.asarray(a), np.asarray(o))
+               for a, o in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old))), hyper
+
+
+def test_muon_weight_decay_injected_as_zero_decays_nothing():
+    """A traced rate cannot be read: decay always runs, by the injected rate (0 here)."""
+    params = _inject_params()
+    tx = optax.inject_hyperparams(muon, static_args=("ns_steps",))(
+        learning_rate=0.1, weight_decay=0.0, adam_weight_decay=0.0)
+    state = tx.init(params)
+    u, _ = jax.jit(tx.update)(_inject_grads(1.0), state, params)
+    ref = muon(0.1, weight_decay=None, adam_weight_decay=None)
+    u_ref, _ = ref.update(_inject_grads(1.0), ref.init(params))
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+def test_muon_ns_steps_is_static_and_says_how_to_inject():
+    params = _inject_params()
+    tx = optax.inject_hyperparams(muon)(learning_rate=0.1)   # ns_steps injected: traced
+    state = tx.init(params)   # concrete at init: accepted
+    with pytest.raises(ValueError, match=r"static_args=\('ns_steps',\)") as info:
+        jax.jit(tx.update)(_inject_grads(1.0), state, params)
+    assert "Received: ns_steps=" in str(info.value)
+    fixed = optax.inject_hyperparams(muon, static_args=("ns_steps",))(learning_rate=0.1, ns_steps=2)
+    u, _ = jax.jit(fixed.update)(_inject_grads(1.0), fixed.init(params), params)
+    ref = muon(0.1, ns_steps=2)
+    u_ref, _ = ref.update(_inject_grads(1.0), ref.init(params), params)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)

@@ -24,6 +24,7 @@ NOTEBOOKS = [
     "02_keras_style_loop.ipynb",
     "03_schedules.ipynb",
     "04_colab_tpu.ipynb",
+    "05_real_data.ipynb",
 ]
 CELL_TIMEOUT_S = 300  # per cell; each notebook takes seconds, but CI machines can be loaded
 HOST_DEVICES = 8

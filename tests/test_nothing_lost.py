@@ -395,3 +395,27 @@ def test_optimizers_sharing_variables_in_threads():
         t.join()
     assert not errors, errors
     np.testing.assert_array_equal(np.asarray(v), np.full((8,), -50 * 0.75, np.float32))
+
+
+@pytest.mark.parametrize("how", ["apply_gradients", "minimize"])
+def test_a_transform_whose_init_shares_one_buffer_steps(how):
+    """`skip_nonfinite`'s init puts one zero array in three counters; the donated step
+    must not be handed one buffer twice (XLA refuses: "donate the same buffer twice")."""
+    tx = kopt.functional.skip_nonfinite(kopt.functional.adam(0.1))
+    shared = tx.init(jnp.ones(3))
+    leaves = [x for x in jax.tree.leaves(shared) if isinstance(x, jax.Array)]
+    assert len({id(x) for x in leaves}) < len(leaves)   # the aliasing this test is about
+    opt = kopt.optimizers.Optimizer.from_transform(tx)
+    v = kopt.Variable(jnp.ones(3))
+    for _ in range(3):
+        if how == "minimize":
+            opt.minimize(lambda values: jnp.sum(values[0]), [v])
+        else:
+            opt.apply_gradients([(jnp.ones(3), v)])
+    assert int(opt.iterations) == 3
+    ref = kopt.functional.adam(0.1)
+    p, s = jnp.ones(3), ref.init(jnp.ones(3))
+    for _ in range(3):
+        u, s = ref.update(jnp.ones(3), s, p)
+        p = kopt.functional.apply_updates(p, u)
+    np.testing.assert_allclose(v.numpy(), p, rtol=1e-6)

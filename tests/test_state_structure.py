@@ -12,7 +12,12 @@ never on values, placement or how `init` ran (issue 13, item 13; issue 15).
 
 from __future__ import annotations
 
+import base64
 import inspect
+import json
+import pathlib
+import pickle
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,33 +27,12 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kopt.functional as kf
+from kopt.functional import states
 from kopt.functional.buckets import Packed, Stub
+from tests.catalogue import CATALOGUE
 from tests.helpers import jit_max_traces
 
 optax = pytest.importorskip("optax")
-
-FACTORIES = {
-    "sgd": lambda **kw: kf.sgd(0.1, momentum=0.9, **kw),
-    "rmsprop": lambda **kw: kf.rmsprop(0.01, momentum=0.5, centered=True, **kw),
-    "adam": lambda **kw: kf.adam(0.05, amsgrad=True, **kw),
-    "adamw": lambda **kw: kf.adamw(0.05, **kw),
-    "adadelta": lambda **kw: kf.adadelta(0.5, **kw),
-    "adagrad": lambda **kw: kf.adagrad(0.1, **kw),
-    "adamax": lambda **kw: kf.adamax(0.05, **kw),
-    "nadam": lambda **kw: kf.nadam(0.05, **kw),
-    "ftrl": lambda **kw: kf.ftrl(0.1, **kw),
-    "lion": lambda **kw: kf.lion(0.01, **kw),
-    "adafactor": lambda **kw: kf.adafactor(0.1, **kw),
-    "lamb": lambda **kw: kf.lamb(0.05, **kw),
-    "radam": lambda **kw: kf.radam(0.05, **kw),
-    "adabelief": lambda **kw: kf.adabelief(0.05, **kw),
-    "adan": lambda **kw: kf.adan(0.05, **kw),
-    "ademamix": lambda **kw: kf.ademamix(0.05, **kw),
-    "lars": lambda **kw: kf.lars(0.1, momentum=0.9, **kw),
-    "adopt": lambda **kw: kf.adopt(0.05, **kw),
-    "muon": lambda **kw: kf.muon(0.05, **kw),
-    "schedule_free_adamw": lambda **kw: kf.schedule_free_adamw(0.05, **kw),
-}
 
 VARIANTS = {
     "defaults": {},
@@ -64,17 +48,17 @@ PARAMS = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
 
 
 def _cases():
-    for factory, make in FACTORIES.items():
-        takes_state_dtype = "state_dtype" in inspect.signature(getattr(kf, factory)).parameters
+    for entry in CATALOGUE:   # every optimizer, with every optional slot
+        takes_state_dtype = "state_dtype" in inspect.signature(entry.factory).parameters
         for variant, kwargs in VARIANTS.items():
             if "state_dtype" in kwargs and not takes_state_dtype:
                 continue
             try:
-                tx = make(**kwargs)
+                tx = entry.make_every_slot(**kwargs)
             except ValueError:   # int8 state on a rule that works on whole tensors
                 assert variant == "int8"
                 continue
-            yield f"{factory}-{variant}", tx
+            yield f"{entry.name}-{variant}", tx
     labels = {"w": "matrix", "b": "rest", "s": "rest"}
     inner = {"matrix": kf.muon(0.05), "rest": kf.adam(0.05, bucket_threshold=4096)}
     yield "partition-pytree-labels", kf.partition(inner, labels)
@@ -97,6 +81,7 @@ def _packed_slots(state):
 def test_the_matrix_covers_every_kind_of_state():
     names = set(CASES)
     assert {"adam-int8", "adam-bf16", "muon-buckets_all", "adafactor-defaults"} <= names
+    assert {f"{entry.name}-defaults" for entry in CATALOGUE} <= names   # every catalogue row
     kinds = set()
     for tx in CASES.values():
         for slot in _packed_slots(tx.init(_params())):
@@ -218,3 +203,88 @@ def test_zero_size_params_give_no_zero_size_state_arrays(case):
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     assert updates["empty"].shape == (0, 3)
     assert all(x.size > 0 for x in jax.tree.leaves(state)), case
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
+def test_every_slot_rows_give_the_state_every_optional_slot(entry):
+    """`Entry.every_slot` turns on every optional slot, so the matrix above saves and maps
+    them all: only the cross-cutting tail (`seed`, `ema`, `accum`, `micro_step`), off by
+    default, may be None."""
+    state = entry.make_every_slot().init(_params())
+    empty = [f for f in state._fields if getattr(state, f) is None]
+    assert set(empty) <= {"seed", "ema", "accum", "micro_step"}, (entry.name, empty)
+
+
+# The State classes, as checkpoints and pickles know them (#16 item 3): their module,
+# name, field order, defaults and class attributes, and a pickle of one made before the
+# shared fields were declared once (`tests/data/state_classes.json`, written by
+# `describe_state_classes` at commit a4cf08d, where each State spelled out every field).
+STATE_CLASSES = pathlib.Path(__file__).parent / "data" / "state_classes.json"
+
+
+def describe_state_classes() -> dict[str, dict]:
+    """Every `*State` of `kopt.functional.__all__` from a per-optimizer module."""
+    out = {}
+    modules = {entry.factory.__module__ for entry in CATALOGUE}
+    for name in kf.__all__:
+        cls = getattr(kf, name)
+        if not (name.endswith("State") and cls.__module__ in modules):
+            continue
+        example = cls(*range(len(cls._fields)))   # ints: a pickle independent of jax
+        out[name] = {
+            "module": cls.__module__, "qualname": cls.__qualname__,
+            "fields": list(cls._fields), "defaults": dict(cls._field_defaults),
+            "attributes": {k: v for k, v in vars(cls).items()
+                           if not k.startswith("_") and k not in cls._fields},
+            "pickle": base64.b64encode(pickle.dumps(example, protocol=2)).decode(),
+        }
+    return out
+
+
+def test_state_classes_keep_their_fields_names_and_pickles():
+    before = json.loads(STATE_CLASSES.read_text())
+    now = describe_state_classes()
+    assert sorted(now) == sorted(before)
+    for name, old in before.items():
+        cls = getattr(kf, name)
+        for key in ("module", "qualname", "fields", "defaults", "attributes"):
+            assert now[name][key] == old[key], (name, key)
+        # A pickle made by the old class loads as the new one, field by field.
+        loaded = pickle.loads(base64.b64decode(old["pickle"]))
+        assert type(loaded) is cls and loaded == cls(*range(len(cls._fields))), name
+
+
+@pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
+def test_every_state_has_the_shared_head_and_tail(entry):
+    """`kopt.functional.states` declares `count`, `learning_rate` and the cross-cutting tail
+    once; every optimizer's state has them around its own fields, `seed` exactly when its
+    factory takes `state_dtype`."""
+    fields = type(entry.make().init(_params()))._fields
+    head = tuple(name for name, _ in states.HEAD)
+    tail = tuple(name for name, _ in states.TAIL)
+    takes_state_dtype = "state_dtype" in inspect.signature(entry.factory).parameters
+    seed = ("seed",) if takes_state_dtype else ()
+    assert fields[:len(head)] == head
+    assert fields[len(fields) - len(seed + tail):] == seed + tail
+    assert set(entry.slots) <= set(fields[len(head):len(fields) - len(seed + tail)])
+
+
+def test_optimizer_state_refuses_shared_fields_and_non_namedtuples():
+    class Bad(NamedTuple):
+        m: int
+        ema: int = 0
+
+    with pytest.raises(TypeError, match=r"Bad declares the shared field\(s\) \['ema'\]"):
+        states.optimizer_state(Bad)
+    with pytest.raises(TypeError, match="Received: <class 'dict'>"):
+        states.optimizer_state(dict)
+
+    @states.optimizer_state(seed=False)
+    class GoodState(NamedTuple):
+        """A state with one slot."""
+        m: int
+        flag = True   # a class attribute, not a field
+
+    assert GoodState._fields == ("count", "learning_rate", "m", "ema", "accum", "micro_step")
+    assert GoodState.__doc__ == "A state with one slot." and GoodState.flag is True
+    assert GoodState(0, 1, 2) == (0, 1, 2, None, None, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -12,20 +11,17 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import check_nonnegative, check_number, check_positive
 
 __all__ = ["adafactor", "AdafactorState"]
 
 
+@optimizer_state(seed=False)
 class AdafactorState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     r: Packed                    # row moments, param.shape[:-1]; a 0-d zero for rank < 2
     c: Packed                    # column moments, param.shape[:-2] + param.shape[-1:]; 0-d for rank < 2
     v: Packed                    # second moment, like params (rebuilt from r and c where factored)
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def _rms(x):

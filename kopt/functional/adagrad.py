@@ -4,26 +4,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import check_nonnegative
 
 __all__ = ["adagrad", "AdagradState"]
 
 
+@optimizer_state
 class AdagradState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     accumulator: Packed          # sum of g^2 (from initial_accumulator_value), like params
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 @with_options

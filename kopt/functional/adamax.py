@@ -4,27 +4,22 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["adamax", "AdamaxState"]
 
 
+@optimizer_state
 class AdamaxState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     m: Packed                    # first moment, like params (Keras 3: "momentum")
     v: Packed                    # decayed infinity norm of g, like params (Keras 3: "norm")
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 @with_options

@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kopt.functional.quantize import MIN_QUANTIZED_SIZE, Quantized
+from kopt.functional.sharding import unpack_bucket
 
 __all__ = [
     "DEFAULT_BUCKET_THRESHOLD", "AUTO_BUCKET_SIZE", "Layout", "Packed", "Stub", "plan",
@@ -354,7 +355,10 @@ class Packed:
             if kind != OWN:
                 leaves.append(None)
             elif layout.dtypes[i] == "int8":
-                leaves.append(Quantized.full(layout.shapes[i], fill, signed))
+                # (kopt/functional/quantize.py: blocks laid out along the param's
+                # sharding under Explicit mesh axes; issue #15)
+                leaves.append(Quantized.full(layout.shapes[i], fill, signed, like=None
+                                             if like_leaves is None else like_leaves[i]))
             elif like_leaves is not None:
                 leaves.append(jnp.full_like(like_leaves[i], fill, dtype=layout.dtypes[i]))
             else:
@@ -403,8 +407,13 @@ class Packed:
     def to_leaves(self) -> list[jax.Array]:
         layout = self.layout
         entries = self._flat()
-        return [self.leaf(i) if layout.place[i][0] != OWN else entries[i]
-                for i in range(layout.num_leaves)]
+        # (issue #15: every bucketed leaf in one computation, also when ZeRO-1 split the
+        # bucket under Explicit axes; see kopt.functional.sharding.unpack_bucket)
+        inside = [i for i in range(layout.num_leaves) if layout.place[i][0] == BUCKETED]
+        cut = dict(zip(inside, unpack_bucket(self.bucket, [
+            (*layout.place[i][1:], layout.shapes[i]) for i in inside]))) if inside else {}
+        return [cut[i] if i in cut else self.leaf(i) if layout.place[i][0] != OWN
+                else entries[i] for i in range(layout.num_leaves)]
 
     def to_tree(self):
         """The state as a pytree shaped like params."""

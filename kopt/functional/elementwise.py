@@ -78,6 +78,7 @@ The cross-cutting state (`ema`, `accum`) always keeps full precision.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -245,14 +246,24 @@ def _clip(options: Options) -> Transform | None:
     return None
 
 
+def _tree_mismatch_hint(expected, received) -> str:
+    """`kopt.interop.flax.tree_mismatch_hint` (a state made from nnx Variables, plain
+    gradients), or ''. Looked up in `sys.modules`, not imported: `kopt.interop.flax`
+    imports this layer, and `import kopt` has always loaded it (the stateful facade
+    imports it) by the time a transform runs."""
+    hint = getattr(sys.modules.get("kopt.interop.flax"), "tree_mismatch_hint", None)
+    return hint(expected, received) if callable(hint) else ""
+
+
 def _flatten_grads(treedef, updates):
     try:
         return treedef.flatten_up_to(updates)
     except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"The gradient tree does not match the optimizer state's tree. "
-            f"Expected structure {treedef}, received {jax.tree.structure(updates)}."
-        ) from e
+        received = jax.tree.structure(updates)
+        message = (f"The gradient tree does not match the optimizer state's tree. "
+                   f"Expected structure {treedef}, received {received}.")
+        hint = _tree_mismatch_hint(treedef, received)
+        raise ValueError(f"{message} {hint}" if hint else message) from e
 
 
 def _no_init(params):

@@ -11,6 +11,7 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import (
     check_nonnegative,
     check_positive,
@@ -22,13 +23,9 @@ from kopt.functional.weight_decay import resolve_mask
 __all__ = ["lars", "LARSState"]
 
 
+@optimizer_state(seed=False)
 class LARSState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def _lars_rule(momentum, nesterov, trust_coefficient, coupled_weight_decay, epsilon,

@@ -15,7 +15,15 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed, state_dtype_for
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
-from kopt.functional.validation import check_nonnegative, check_unit_interval
+from kopt.functional.quantize import explicit_axes, in_auto_axes
+from kopt.functional.validation import (
+    check_nonnegative,
+    check_number,
+    check_unit_interval,
+    concrete,
+    is_traced,
+    maybe_nonzero,
+)
 from kopt.functional.weight_decay import resolve_mask, validate_weight_decay
 
 __all__ = ["muon", "MuonState", "orthogonalize", "use_adamw", "muon_branches", "param_path",
@@ -108,6 +116,17 @@ def orthogonalize(x: jax.Array, steps: int, a: float, b: float, c: float) -> jax
     columns), then `steps` times :math:`A = X X^\top`, :math:`X \leftarrow aX + (bA + cA^2)X`.
     The result approximates :math:`UV^\top` from the SVD :math:`x = USV^\top`.
     """
+    if explicit_axes(x):
+        # With Explicit mesh axes, `x @ x.T` of a split matrix contracts a split
+        # dimension: let XLA lay out the iteration, and return `x`'s sharding.
+        return in_auto_axes(lambda x, coefficients: _newton_schulz(x, steps, *coefficients),
+                            jax.typeof(x).sharding.spec, x, (a, b, c))
+    return _newton_schulz(x, steps, a, b, c)
+
+
+def _newton_schulz(x, steps, a, b, c):
+    # Coefficients given as arrays (injected by `optax.inject_hyperparams`) in x's dtype.
+    a, b, c = (v if isinstance(v, (int, float)) else jnp.asarray(v, x.dtype) for v in (a, b, c))
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
@@ -136,15 +155,28 @@ def _check_exclude_layers(exclude_layers):
             ) from e
 
 
-def _check_number(name, value, allow_none=False):
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
+def _check_number(name, value):
+    """A finite number: Python, numpy or jax scalar (traced ones pass unchecked)."""
+    check_number(name, value, message=f"`{name}` must be a finite number.")
+
+
+def _static_ns_steps(ns_steps) -> int:
+    """`ns_steps` as a Python int: it fixes the iterations compiled into the step, so it
+    cannot be a traced value (a concrete integer scalar array is accepted)."""
+    if is_traced(ns_steps):
+        raise ValueError(
+            f"`ns_steps` must be a concrete int in [0, {MAX_NS_STEPS}]: it fixes how many Newton–Schulz "
+            "iterations are compiled into the step. With optax.inject_hyperparams, pass "
+            f"static_args=('ns_steps',). Received: ns_steps={ns_steps!r}")
+    v = concrete(ns_steps)
+    if not isinstance(v, int) or not 0 <= v <= MAX_NS_STEPS:
+        raise ValueError(f"`ns_steps` must be an integer in [0, {MAX_NS_STEPS}] (each step is "
+                         f"two matrix products per matrix). Received: ns_steps={ns_steps!r}")
+    return v
 
 
 def _check_args(*, adam_beta_1, adam_beta_2, epsilon, momentum, adam_weight_decay,
-                adam_lr_ratio, muon_a, muon_b, muon_c, rms_rate, ns_steps, exclude_layers,
+                adam_lr_ratio, muon_a, muon_b, muon_c, rms_rate, exclude_layers,
                 exclude_embeddings, nesterov):
     """Muon's own arguments (the cross-cutting ones are `Options`')."""
     check_unit_interval("adam_beta_1", adam_beta_1)
@@ -157,10 +189,6 @@ def _check_args(*, adam_beta_1, adam_beta_2, epsilon, momentum, adam_weight_deca
         _check_number(name, value)
     if rms_rate is not None:
         check_nonnegative("rms_rate", rms_rate)
-    if (isinstance(ns_steps, bool) or not isinstance(ns_steps, int)
-            or not 0 <= ns_steps <= MAX_NS_STEPS):
-        raise ValueError(f"`ns_steps` must be an integer in [0, {MAX_NS_STEPS}] (each step is "
-                         f"two matrix products per matrix). Received: ns_steps={ns_steps!r}")
     _check_exclude_layers(exclude_layers)
     if not isinstance(exclude_embeddings, bool):
         raise ValueError("`exclude_embeddings` must be a bool. Received: "
@@ -235,7 +263,8 @@ def muon(
       adam_lr_ratio: the AdamW branch's learning rate is `adam_lr_ratio * learning_rate`.
         Default 1.
       momentum: the Muon branch's momentum :math:`\mu`, in [0, 1]. Default 0.95.
-      ns_steps: Newton–Schulz iterations, an int in [0, 100]. Default 5.
+      ns_steps: Newton–Schulz iterations, an int in [0, 100]. Default 5. Static (it fixes
+        the program): `optax.inject_hyperparams` needs `static_args=("ns_steps",)`.
       nesterov: Nesterov-style momentum on the Muon branch. Default True.
       rms_rate: the Moonlight update scale (Liu et al., 2025), or None for no scaling.
         Default 0.2.
@@ -268,28 +297,27 @@ def muon(
     _check_args(adam_beta_1=adam_beta_1, adam_beta_2=adam_beta_2, epsilon=epsilon,
                 momentum=momentum, adam_weight_decay=adam_weight_decay,
                 adam_lr_ratio=adam_lr_ratio, muon_a=muon_a, muon_b=muon_b, muon_c=muon_c,
-                rms_rate=rms_rate, ns_steps=ns_steps, exclude_layers=exclude_layers,
+                rms_rate=rms_rate, exclude_layers=exclude_layers,
                 exclude_embeddings=exclude_embeddings, nesterov=nesterov)
 
     adam_step = adam_rule(adam_beta_1, adam_beta_2, epsilon, False).step
     muon_step = functools.partial(_muon_step, momentum=momentum, nesterov=nesterov,
-                                  rms_rate=rms_rate, ns_steps=ns_steps,
+                                  rms_rate=rms_rate, ns_steps=_static_ns_steps(ns_steps),
                                   coefficients=(muon_a, muon_b, muon_c))
     cross_cutting = options.replace(weight_decay=None, weight_decay_mask=None)
+    rates = {"adam": adam_weight_decay, "muon": weight_decay}   # numbers, or traced arrays
 
     @functools.lru_cache(maxsize=8)
-    def engine(adam: tuple[bool, ...], decay: tuple[float | None, ...]) -> Transform:
-        """The transform for one static choice of branch and decay rate per leaf."""
-        rule = _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio)
+    def engine(adam: tuple[bool, ...], decay: tuple[str | None, ...]) -> Transform:
+        """The transform for one static choice of branch and decay kind per leaf."""
+        rule = _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio, rates)
         return elementwise_transform(rule, MuonState, learning_rate, cross_cutting)
 
     engine((), ())   # validates the learning rate and the cross-cutting options now
-    rates = functools.partial(_decay_rates, weight_decay=weight_decay,
-                              adam_weight_decay=adam_weight_decay,
-                              mask=options.weight_decay_mask)
+    decays = functools.partial(_decay_kinds, rates=rates, mask=options.weight_decay_mask)
     flags = functools.partial(_branch_flags, exclude_layers=exclude_layers,
                               exclude_embeddings=exclude_embeddings, adam_mask=adam_mask)
-    return _branching(engine, rates, flags)
+    return _branching(engine, decays, flags)
 
 
 def _muon_step(g, m, lr, *, momentum, nesterov, rms_rate, ns_steps, coefficients):
@@ -300,8 +328,9 @@ def _muon_step(g, m, lr, *, momentum, nesterov, rms_rate, ns_steps, coefficients
     return -(lr * orthogonalize(u, ns_steps, *coefficients)) * scale, m
 
 
-def _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio) -> Rule:
-    """The per-leaf rule: AdamW where `adam[leaf]`, else Muon; decay rate `decay[leaf]`."""
+def _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio, rates) -> Rule:
+    """The per-leaf rule: AdamW where `adam[leaf]`, else Muon; decoupled decay at the rate
+    `rates[decay[leaf]]` ("adam" or "muon"; None: no decay). The rates may be traced."""
 
     def init(name, param, i):
         dtype = state_dtype_for(param.dtype)
@@ -317,16 +346,19 @@ def _muon_rule(adam, decay, adam_step, muon_step, adam_lr_ratio) -> Rule:
             delta, m = muon_step(g, s["m"], lr)
             new = {"m": m, "v": s["v"]}
         if decay[leaf]:   # Keras decays with the main learning rate on both branches
-            delta = delta - param * (decay[leaf] * lr)
+            delta = delta - param * (rates[decay[leaf]] * lr)
         return delta, new
 
     return Rule(slots=("m", "v"), step=step, per_leaf=True, init=init, leaf_info=True,
                 needs_params=any(decay))
 
 
-def _decay_rates(adam, params, treedef, *, weight_decay, adam_weight_decay, mask):
-    """The decay rate of each leaf (None: no decay), a static tuple."""
-    if not (weight_decay or adam_weight_decay):
+def _decay_kinds(adam, params, treedef, *, rates, mask):
+    """Which decay rate each leaf takes, "adam" or "muon" (None: no decay): a static
+    tuple, also when the rates are traced (`optax.inject_hyperparams`: a traced rate
+    may be 0, and decays by 0)."""
+    on = {kind: maybe_nonzero(rate) for kind, rate in rates.items()}
+    if not any(on.values()):
         return (None,) * len(adam)
     if params is None:
         raise ValueError(
@@ -335,21 +367,21 @@ def _decay_rates(adam, params, treedef, *, weight_decay, adam_weight_decay, mask
             "or pass weight_decay=None, adam_weight_decay=None."
         )
     use = resolve_mask(mask, params, treedef)
-    return tuple((adam_weight_decay if a else weight_decay) if u else None
-                 for a, u in zip(adam, use))
+    kinds = ("adam" if a else "muon" for a in adam)
+    return tuple(k if u and on[k] else None for k, u in zip(kinds, use))
 
 
-def _branching(engine, rates, flags) -> Transform:
-    """Muon's transform: the engine of the params' static branches and decay rates."""
+def _branching(engine, decays, flags) -> Transform:
+    """Muon's transform: the engine of the params' static branches and decay kinds."""
 
     def init_fn(params):
         adam, treedef = flags(params)
-        return engine(adam, rates(adam, params, treedef)).init(params)
+        return engine(adam, decays(adam, params, treedef)).init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args   # accepted and ignored, as optax's GradientTransformationExtraArgs
         m, v = state.m.layout, state.v.layout   # a Muon leaf's `v` is an empty (0,) Stub
         adam = tuple(a == b for a, b in zip(v.shapes, m.shapes))
-        return engine(adam, rates(adam, params, m.treedef)).update(updates, state, params)
+        return engine(adam, decays(adam, params, m.treedef)).update(updates, state, params)
 
     return Transform(init_fn, update_fn)

@@ -11,6 +11,7 @@ from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import check_nonnegative, check_unit_interval
 
 __all__ = ["nadam", "NadamState"]
@@ -18,16 +19,11 @@ __all__ = ["nadam", "NadamState"]
 _DECAY = 0.96   # Keras's (and Dozat's) momentum-schedule base
 
 
+@optimizer_state
 class NadamState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum_cache: jax.Array    # shape=(), float32: prod of mu_1..mu_count (Keras's u_product)
     m: Packed                    # first moment, like params (Keras 3: "momentum")
     v: Packed                    # second moment, like params (Keras 3: "velocity")
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 @with_options

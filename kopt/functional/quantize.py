@@ -50,6 +50,13 @@ over their gap, so the stored value is unbiased, `E[round(x)] = x`, and incremen
 below a bfloat16 ulp (`(1 - beta_2) * g**2` against `v`, say) still move the state on
 average.
 
+**On a mesh.** A quantised slot's blocks (codes and scales) are split over the mesh
+axes its param is split over (`block_spec`), so model parallelism divides int8 state
+like float32 state. With `Explicit` mesh axes (`jax.make_mesh`'s default) the flat and
+block views of a split param are reshapes that JAX cannot type, so `blockwise_step`
+changes views with those axes in `Auto` mode (`in_auto_axes`) and states each result's
+layout; `Quantized.full(..., like=param)` lays new blocks out the same way.
+
 The random numbers of both come from a counter-based hash of (element index, step,
 seed, slot) (`rounding_key`, `_random_bits`): reproducible, the same on every backend,
 and a few integer operations per element, far cheaper on CPU than `jax.random`.
@@ -66,10 +73,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.shard_alike import shard_alike
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "BLOCK_SIZE", "MIN_QUANTIZED_SIZE", "STATE_DTYPES", "Quantized", "quantization_map", "encode",
     "decode", "blockwise_step", "stochastic_round", "rounding_key", "validate_state_dtype",
+    "block_spec", "explicit_axes", "in_auto_axes",
 ]
 
 BLOCK_SIZE = 2048
@@ -152,6 +162,64 @@ def encode(x: jax.Array, inv_absmax: jax.Array, signed: bool, key: jax.Array | N
     return c.astype(jnp.uint8)
 
 
+# --------------------------------------------------------------------------- sharding
+# Mesh axis types (Auto / Explicit) are recent in JAX; without them every axis is Auto.
+_EXPLICIT = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+
+
+def explicit_axes(x) -> tuple[str, ...]:
+    """The `Explicit` mesh axes of `x`'s type (a traced or concrete array): where its
+    sharding is part of its type and JAX asks for the output sharding of any operation
+    that is ambiguous on split dimensions (a reshape, a split contraction). Empty with
+    `Auto` axes, or without a mesh."""
+    if _EXPLICIT is None:
+        return ()
+    try:
+        mesh = jax.typeof(x).sharding.mesh
+    except (AttributeError, TypeError):   # not a JAX value, or no sharding in its type
+        return ()
+    types = getattr(mesh, "axis_types", ())
+    return tuple(n for n, t in zip(getattr(mesh, "axis_names", ()), types) if t == _EXPLICIT)
+
+
+def in_auto_axes(fn: Callable, out_sharding, *args):
+    """`fn(*args)`, computed with the mesh's `Explicit` axes switched to `Auto`, so that
+    XLA chooses the intermediate shardings (of reshapes of split arrays, of contractions
+    of split dimensions), its outputs laid out as `out_sharding` (a pytree of
+    `PartitionSpec`s like `fn`'s outputs)."""
+    return jax.sharding.auto_axes(lambda *a: fn(*a), out_sharding=out_sharding)(*args)
+
+
+def _spec_axes(spec) -> tuple[str, ...]:
+    """The mesh axes a `PartitionSpec` splits over, in order."""
+    out = []
+    for entry in spec:
+        out.extend(entry if isinstance(entry, tuple) else () if entry is None else (entry,))
+    return tuple(out)
+
+
+def block_spec(param_sharding, nblocks: int) -> P:
+    """The `PartitionSpec` of the `(nblocks, ...)` blocks (codes, `absmax`) of a quantised
+    slot of a param laid out as `param_sharding` (a `NamedSharding`, or None).
+
+    The blocks are split over every mesh axis the param is split over, so each device
+    stores `1/k` of the state bytes where the param is split `k` ways, as the float32
+    slots would be; replicated (`P()`) where the param is, or where `nblocks` is not a
+    multiple of `k` (a small leaf). When the param is split along its first dimension and
+    each part is a whole number of blocks, each device's blocks are its own part's
+    state; otherwise XLA moves the blocks each step, which is correct but costs
+    communication."""
+    spec = getattr(param_sharding, "spec", None)
+    mesh = getattr(param_sharding, "mesh", None)
+    if spec is None or mesh is None:
+        return P()
+    axes = _spec_axes(spec)
+    k = int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
+    if not axes or nblocks % k:
+        return P()
+    return P(axes if len(axes) > 1 else axes[0])
+
+
 # --------------------------------------------------------------------------- Quantized
 class Quantized:
     """A float32 array stored block-wise in 8 bits: the int8-state form of one slot leaf.
@@ -177,16 +245,26 @@ class Quantized:
 
     @classmethod
     def full(cls, shape, fill: float = 0.0, signed: bool = True,
-             block_size: int = BLOCK_SIZE) -> Quantized:
-        """Every element `fill` (exact: it is the blocks' maximum)."""
+             block_size: int = BLOCK_SIZE, like=None) -> Quantized:
+        """Every element `fill` (exact: it is the blocks' maximum).
+
+        `like`: the param (an array, traced or not). Where its type carries `Explicit`
+        mesh axes, the blocks are laid out along its sharding (`block_spec`); otherwise
+        they are made like any new array (placed later, e.g. by `state_shardings`).
+        """
         nb = cls.num_blocks(shape, block_size)
         top = _top(signed)
         code = 0 if fill == 0 else (top if fill > 0 or not signed else -top)
         if fill < 0 and not signed:
             raise ValueError(f"An unsigned quantised slot cannot hold {fill!r}.")
         dtype = jnp.int8 if signed else jnp.uint8
-        return cls(jnp.full((nb, block_size), code, dtype),
-                   jnp.full((nb,), abs(fill), jnp.float32), shape, signed)
+        codes = jnp.full((nb, block_size), code, dtype)
+        absmax = jnp.full((nb,), abs(fill), jnp.float32)
+        if like is not None and explicit_axes(like):
+            spec = block_spec(jax.typeof(like).sharding, nb)
+            codes = jax.sharding.reshard(codes, P(*spec, None))
+            absmax = jax.sharding.reshard(absmax, spec)
+        return cls(codes, absmax, shape, signed)
 
     @classmethod
     def quantize(cls, x, signed: bool = True, block_size: int = BLOCK_SIZE,
@@ -271,50 +349,96 @@ def blockwise_step(step: Callable, g: jax.Array, slots: dict[str, Quantized], pa
 
     A slot given as a plain array (one that a `Rule` keeps in full precision) is read
     and returned as a float32 array shaped like `g`, from the flat view.
+
+    With `Explicit` mesh axes (the default of `jax.make_mesh`), the views of a split
+    param are reshapes whose sharding JAX cannot infer: each change of view runs with
+    the axes in `Auto` mode (`in_auto_axes`) and gives its result an explicit layout,
+    split like `g` where the sizes allow (`block_spec`): the flat views and the blocks
+    over `g`'s mesh axes, the delta like `g`. `step` itself runs in the caller's mode.
+    The new blocks come out laid out as `Quantized.full(..., like=param)` makes them.
     """
     first = next(q for q in slots.values() if isinstance(q, Quantized))
     nb, bs = first.codes.shape
     size = int(np.prod(first.shape, dtype=np.int64))
     full = size // bs
     names = [n for n, q in slots.items() if isinstance(q, Quantized)]
-    plain = {n: jnp.ravel(q).astype(jnp.float32) for n, q in slots.items() if n not in names}
-    g_flat = jnp.ravel(g).astype(jnp.float32)
-    p_flat = None if param is None else jnp.ravel(param).astype(jnp.float32)
+    sharding = jax.typeof(g).sharding if explicit_axes(g) else None
+
+    def spec(rows, *rest):
+        """The layout of an array of `rows` rows (blocks, or flat elements); None: any."""
+        return None if sharding is None else P(*block_spec(sharding, rows), *rest)
+
+    def move(fn, out_spec, *args):
+        return fn(*args) if sharding is None else in_auto_axes(fn, out_spec, *args)
+
+    def flat(x):
+        return move(lambda x: jnp.ravel(x).astype(jnp.float32), spec(size), x)
+
+    plain = {n: flat(q) for n, q in slots.items() if n not in names}
+    g_flat = flat(g)
+    p_flat = None if param is None else flat(param)
 
     def flat_values(q):
-        scale = jnp.broadcast_to(q.absmax[:, None], q.codes.shape).reshape(-1)[:size]
-        return decode(q.codes.reshape(-1)[:size], q.signed) * scale
+        def cut(c, m):
+            return c.reshape(-1)[:size], jnp.broadcast_to(m[:, None], c.shape).reshape(-1)[:size]
+        codes, scale = move(cut, (spec(size), spec(size)), q.codes, q.absmax)
+        return decode(codes, q.signed) * scale
 
     delta, new_flat = step(g_flat, {n: plain[n] if n in plain else flat_values(q)
                                     for n, q in slots.items()}, p_flat)
 
     def new_blocks(rows, lo, hi):
         """Requantised new slots of blocks `rows`, which hold flat elements `lo:hi`."""
+        n_rows = rows.stop - rows.start
+        row_spec = spec(n_rows, None)
+
         def view(flat):
-            x = flat[lo:hi]
-            if hi - lo < (rows.stop - rows.start) * bs:
-                x = jnp.pad(x, (0, (rows.stop - rows.start) * bs - (hi - lo)))
-            return x.reshape(-1, bs)
-        values = {n: decode(slots[n].codes[rows], slots[n].signed)
-                  * slots[n].absmax[rows, None] for n in names}
+            def cut(x):
+                x = x[lo:hi]
+                if hi - lo < n_rows * bs:
+                    x = jnp.pad(x, (0, n_rows * bs - (hi - lo)))
+                return x.reshape(-1, bs)
+            return move(cut, row_spec, flat)
+
+        values = {}
+        for n in names:
+            codes, scale = move(lambda c, m: (c[rows], m[rows, None]), (row_spec, row_spec),
+                                slots[n].codes, slots[n].absmax)
+            values[n] = decode(codes, slots[n].signed) * scale
         values.update({n: view(x) for n, x in plain.items()})
         _, new = step(view(g_flat), values, None if p_flat is None else view(p_flat))
-        return _requantize([new[n].astype(jnp.float32) for n in names],
-                           [slots[n].signed for n in names],
-                           None if keys is None else [keys[n] for n in names], lo)
+        signs = [slots[n].signed for n in names]
+        return move(lambda v, k: _requantize(v, signs, k, lo),
+                    [(row_spec, spec(n_rows))] * len(names),
+                    [new[n].astype(jnp.float32) for n in names],
+                    None if keys is None else [keys[n] for n in names])
 
     pieces = []
     if full:
         pieces.append(new_blocks(slice(0, full), 0, full * bs))
     if full < nb:
         pieces.append(new_blocks(slice(full, nb), full * bs, size))
-    packed = pieces[0] if len(pieces) == 1 else [
-        (jnp.concatenate([c1, c2]), jnp.concatenate([m1, m2]))
-        for (c1, m1), (c2, m2) in zip(*pieces)]
+    packed = pieces[0] if len(pieces) == 1 else move(
+        lambda a, b: [(jnp.concatenate([c1, c2]), jnp.concatenate([m1, m2]))
+                      for (c1, m1), (c2, m2) in zip(a, b)],
+        [(spec(nb, None), spec(nb))] * len(names), *pieces)
     new_slots = {n: Quantized(c, m, slots[n].shape, slots[n].signed)
                  for n, (c, m) in zip(names, packed)}
-    new_slots.update({n: new_flat[n].reshape(g.shape) for n in plain})
-    return delta.reshape(g.shape), new_slots
+    g_spec = None if sharding is None else sharding.spec
+
+    def shaped(x):
+        return move(lambda x: x.reshape(g.shape), g_spec, x)
+
+    new_slots.update({n: shaped(new_flat[n]) for n in plain})
+    delta = shaped(delta)
+    if sharding is None:
+        # With Auto axes, keep each slot's blocks where they are (as `state_shardings`
+        # placed them) and the rest like `g`, whatever XLA would choose for new arrays.
+        delta = shard_alike(delta, g)[0]
+        for n in slots:
+            new_slots[n] = jax.tree.map(lambda new, old: shard_alike(new, old)[0],
+                                        new_slots[n], slots[n])
+    return delta, new_slots
 
 
 # --------------------------------------------------------------------------- bfloat16

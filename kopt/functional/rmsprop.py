@@ -11,21 +11,17 @@ from kopt.functional.base import Transform, by_slot
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import check_nonnegative, check_unit_interval, maybe_nonzero
 
 __all__ = ["rmsprop", "RMSpropState"]
 
 
+@optimizer_state
 class RMSpropState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     rms: Packed                  # running mean of g^2, like params
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
     mg: Packed | None = None         # running mean of g, like params; None unless centered
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 @with_options

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from kopt.functional.base import Transform
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import (
     check_int,
     check_nonnegative,
@@ -22,14 +22,10 @@ from kopt.functional.validation import (
 __all__ = ["schedule_free_adamw", "schedule_free_eval_params", "ScheduleFreeAdamWState"]
 
 
+@optimizer_state(seed=False)
 class ScheduleFreeAdamWState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     z: Packed                    # the SGD sequence (Keras's `momentum`), like params
     v: Packed                    # second moment (Keras's `velocity`), like params
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 def _check_beta_1(beta_1):

@@ -10,19 +10,15 @@ from kopt.functional.base import Transform, by_slot
 from kopt.functional.buckets import Packed
 from kopt.functional.elementwise import Rule, elementwise_transform
 from kopt.functional.options import Options, with_options
+from kopt.functional.states import optimizer_state
 from kopt.functional.validation import check_unit_interval, maybe_nonzero
 
 __all__ = ["sgd", "SGDState"]
 
 
+@optimizer_state
 class SGDState(NamedTuple):
-    count: jax.Array             # shape=(), int32: updates applied
-    learning_rate: jax.Array     # shape=(), float32: rate of the next update
     momentum: Packed | None = None   # velocity, like params; None when momentum == 0
-    seed: jax.Array | None = None      # uint32 stochastic-rounding seed (16/8-bit state)
-    ema: Packed | None = None          # EMA of the params (use_ema), like params
-    accum: Packed | None = None        # gradient sum (gradient_accumulation_steps)
-    micro_step: jax.Array | None = None  # int32 raw calls (gradient_accumulation_steps)
 
 
 @with_options
@@ -48,6 +44,9 @@ def sgd(
     (NaN and, except for the clip options, inf are refused with a ValueError naming the
     argument).
 
+    The cross-cutting arguments (from `weight_decay` on) are the fields of
+    `kopt.functional.Options`, shared by every optimizer.
+
     Args:
       learning_rate: float, schedule, callable `step -> lr`, or zero-argument callable
         `() -> lr` (Keras's form); both callables are evaluated, traced, on every update
@@ -58,8 +57,6 @@ def sgd(
         `optax.inject_hyperparams`, whether the slot exists is decided by the value at
         `init` (see `kopt.functional.base.by_slot`).
       nesterov: use Nesterov momentum. Default False.
-      The cross-cutting arguments below (from `weight_decay` on) are the fields of
-      `kopt.functional.Options`, shared by every optimizer.
       weight_decay: decoupled decay `theta -= theta * weight_decay * lr`. Default None.
       weight_decay_mask: pytree of bools (or callable params -> pytree) choosing the leaves
         that decay. Default None (all).

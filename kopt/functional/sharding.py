@@ -28,6 +28,7 @@ axes, or set `bucket_threshold=0`, to keep every leaf's state sharded like it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -37,8 +38,10 @@ from jax.sharding import PartitionSpec as P
 
 from kopt.functional.base import Transform, call_update
 from kopt.functional.clipping import EmptyState
+from kopt.functional.quantize import Quantized, block_spec, explicit_axes
 
-__all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients"]
+__all__ = ["state_shardings", "shard_state", "split_spec", "aggregate_gradients",
+           "unpack_bucket"]
 
 PyTree = Any
 
@@ -52,14 +55,24 @@ def _is_none(x) -> bool:
 
 # ------------------------------------------------------------------ state like the params
 def _replicated_sharding(shardings: list[Sharding | None]) -> Sharding:
-    """Replicated over the mesh of the first `NamedSharding`, else on the first device."""
+    """Where the state that belongs to no param goes: replicated like the params.
+
+    Over the mesh of the first `NamedSharding`; else over the devices of the first other
+    sharding (its one device for a `SingleDeviceSharding`); else, with no sharding at all
+    (host arrays, abstract params), on this process's first device. Never on another
+    process's device, which this process could not read: in a run of several processes,
+    each one's params without a mesh live on its own devices.
+    """
     for s in shardings:
         if isinstance(s, NamedSharding):
             return NamedSharding(s.mesh, P())
     for s in shardings:
         if s is not None:
-            return SingleDeviceSharding(next(iter(s.device_set)))
-    return SingleDeviceSharding(jax.devices()[0])
+            devices = sorted(s.device_set, key=lambda d: d.id)
+            if len(devices) == 1:
+                return SingleDeviceSharding(devices[0])
+            return NamedSharding(Mesh(np.array(devices), ("devices",)), P())
+    return SingleDeviceSharding(jax.local_devices()[0])
 
 
 def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
@@ -105,6 +118,8 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
         return replicated
 
     def assign(path, x):
+        if isinstance(x, Quantized):   # int8 state: its blocks split like the param
+            return _quantized_sharding(x, lookup(tuple(path), x.shape))
         return lookup(tuple(path), np.shape(x))
 
     is_transform = isinstance(tx_or_state, Transform) or (
@@ -112,7 +127,19 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
     state = jax.eval_shape(tx_or_state.init, params) if is_transform else tx_or_state
     # A `Packed` slot's entries sit at the params' key paths under its `tree` child; its
     # bucket (path `.bucket`) matches no param and is replicated.
-    return jax.tree_util.tree_map_with_path(assign, state)
+    return jax.tree_util.tree_map_with_path(assign, state,
+                                            is_leaf=lambda x: isinstance(x, Quantized))
+
+
+def _quantized_sharding(q: Quantized, param_sharding: Sharding) -> Quantized:
+    """The shardings of a quantised slot's codes and scales (a `Quantized` of them): its
+    blocks split over the mesh axes its param is split over (`block_spec`)."""
+    if not isinstance(param_sharding, NamedSharding):
+        return Quantized(param_sharding, param_sharding, q.shape, q.signed)
+    spec = block_spec(param_sharding, q.codes.shape[0])
+    mesh = param_sharding.mesh
+    return Quantized(NamedSharding(mesh, P(*spec, None)), NamedSharding(mesh, spec),
+                     q.shape, q.signed)
 
 
 # ------------------------------------------------------------------ ZeRO-1
@@ -212,6 +239,46 @@ def shard_state(tx: Transform, mesh: Mesh, axis: str = "data") -> Transform:
         return jax.tree.map(place, updates, targets), place_state(state)
 
     return Transform(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------ reading a bucket
+Pieces = tuple[tuple[int, int, tuple[int, ...]], ...]
+
+
+def _cut(bucket: jax.Array, pieces: Pieces) -> list[jax.Array]:
+    """The `(offset, size, shape)` pieces of a flat bucket, each reshaped. A bucket split
+    over `Explicit` mesh axes (ZeRO-1) is gathered first (one all-gather: its leaves
+    are small), since JAX cannot type a slice of a split dimension."""
+    if explicit_axes(bucket):
+        bucket = jax.sharding.reshard(bucket, jax.typeof(bucket).sharding.update(spec=P()))
+    return [bucket[o:o + n].reshape(shape) for o, n, shape in pieces]
+
+
+@functools.lru_cache(maxsize=64)
+def _cutter(pieces: Pieces, out_sharding: Sharding | None):
+    if out_sharding is None:
+        return jax.jit(functools.partial(_cut, pieces=pieces))
+    return jax.jit(functools.partial(_cut, pieces=pieces), out_shardings=out_sharding)
+
+
+def unpack_bucket(bucket: jax.Array, pieces: Pieces) -> list[jax.Array]:
+    """Every leaf of one flat bucket (`Packed.to_leaves`): the `(offset, size, shape)`
+    pieces of `bucket`, in one computation.
+
+    Under jit they are slices. Outside it, a bucket that `shard_state` split over the
+    devices (ZeRO-1) is read by one jitted program that gathers it once and returns every
+    leaf replicated on its mesh, rather than by one eager slice per leaf: with several
+    processes each of those is a collective of its own, and runs of many small eager
+    collectives hung on CPU with gloo (see docs/multihost.md). With `Explicit` mesh
+    axes, where a slice of a split bucket cannot be typed, it is gathered first.
+    """
+    pieces = tuple((int(o), int(n), tuple(shape)) for o, n, shape in pieces)
+    if not isinstance(bucket, jax.Array) or isinstance(bucket, jax.core.Tracer):
+        return _cut(bucket, pieces)
+    sharding = bucket.sharding
+    if isinstance(sharding, NamedSharding):
+        return _cutter(pieces, NamedSharding(sharding.mesh, P()))(bucket)
+    return _cutter(pieces, None)(bucket)
 
 
 # ------------------------------------------------------------------ per-device steps

@@ -1,61 +1,14 @@
-"""kopt.stateful: the Keras-style facade (also importable as `kopt.optimizers`)."""
+"""kopt.stateful: the Keras-style facade (also importable as `kopt.optimizers`).
 
-from kopt.stateful.adabelief import AdaBelief
-from kopt.stateful.adadelta import Adadelta
-from kopt.stateful.adafactor import Adafactor
-from kopt.stateful.adagrad import Adagrad
-from kopt.stateful.adam import Adam
-from kopt.stateful.adamax import Adamax
-from kopt.stateful.adamw import AdamW
-from kopt.stateful.adan import Adan
-from kopt.stateful.ademamix import AdEMAMix
-from kopt.stateful.adopt import ADOPT
-from kopt.stateful.ftrl import Ftrl
-from kopt.stateful.lamb import Lamb
-from kopt.stateful.lars import LARS
-from kopt.stateful.lion import Lion
-from kopt.stateful.loss_scale_optimizer import LossScaleOptimizer
-from kopt.stateful.multi_optimizer import MultiOptimizer, OptimizerMap
-from kopt.stateful.muon import Muon
-from kopt.stateful.nadam import Nadam
-from kopt.stateful.optimizer import Optimizer
-from kopt.stateful.radam import RAdam
-from kopt.stateful.rmsprop import RMSprop
-from kopt.stateful.schedule_free import ScheduleFreeAdamW
+The classes (every optimizer, `Optimizer`, `Variable`, the wrappers) are listed once, in
+`kopt.stateful.classes`, and re-exported here and by the top-level `kopt`; this package
+adds the config functions (`get`, `serialize`, `deserialize`) and `TransformOptimizer`.
+"""
+
+from kopt.stateful import classes
+from kopt.stateful.classes import *  # noqa: F403 - the names of classes.__all__
 from kopt.stateful.serialization import deserialize, get, serialize
-from kopt.stateful.sgd import SGD
 from kopt.stateful.transform_optimizer import TransformOptimizer, TransformState
-from kopt.stateful.variable import Variable
 
-__all__ = [
-    "Optimizer",
-    "Variable",
-    "SGD",
-    "RMSprop",
-    "Adam",
-    "AdamW",
-    "Adadelta",
-    "Adagrad",
-    "Adamax",
-    "Nadam",
-    "Ftrl",
-    "Lion",
-    "get",
-    "serialize",
-    "deserialize",
-    "Adafactor",
-    "Lamb",
-    "MultiOptimizer",
-    "OptimizerMap",
-    "RAdam",
-    "AdaBelief",
-    "Adan",
-    "ADOPT",
-    "AdEMAMix",
-    "LARS",
-    "TransformOptimizer",
-    "TransformState",
-    "Muon",
-    "ScheduleFreeAdamW",
-    "LossScaleOptimizer",
-]
+__all__ = ["get", "serialize", "deserialize", "TransformOptimizer", "TransformState"]
+__all__ += classes.__all__

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from kopt.stateful.variable import LOCK, Variable
 
-__all__ = ["LOCK", "CompiledStep", "has_host_callback", "held_elsewhere", "copy_tree"]
+__all__ = ["LOCK", "CompiledStep", "copy_tree", "distinct_buffers", "has_host_callback",
+           "held_elsewhere"]
 
 
 def _subjaxprs(value):
@@ -87,6 +88,23 @@ _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 def copy_tree(tree):
     """Fresh buffers with the same values (one compiled call)."""
     return _copy(tree)
+
+
+def distinct_buffers(tree):
+    """`tree` with every array leaf its own buffer: a leaf that repeats an earlier one (an
+    `init` that puts one zero in several counters) is copied, since the step donates the
+    state and XLA refuses to donate one buffer twice."""
+    seen: set[int] = set()
+
+    def own(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+
+    return jax.tree.map(own, tree)
 
 
 class CompiledStep:

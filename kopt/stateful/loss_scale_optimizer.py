@@ -12,14 +12,19 @@ import numpy as np
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import state_dtype_for
 from kopt.functional.nonfinite import LossScaleState, _check_scale_arguments, dynamic_loss_scale
-from kopt.stateful import registry
+from kopt.stateful import multihost, registry
 from kopt.stateful.multi_optimizer import MultiOptimizer
 from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.variable import LOCK
+from kopt.stateful.wrapper import Wrapper
 
 __all__ = ["LossScaleOptimizer"]
+
+# What pickling leaves out: the compiled step and what is rebuilt from the inner optimizer.
+_NOT_PICKLED = ("_transform", "_inner_tx", "_step", "_minimize_cache", "_index",
+                "_iterations_var", "_plain_key")
 
 # Keras 3 still accepts these base-optimizer arguments from old configs, at their defaults.
 _BASE_DEFAULTS = {
@@ -29,7 +34,7 @@ _BASE_DEFAULTS = {
 }
 
 
-class LossScaleOptimizer(Optimizer):
+class LossScaleOptimizer(Wrapper):
     r"""Dynamic loss scaling around another optimizer, as `keras.optimizers.LossScaleOptimizer`.
 
     Multiply the loss by the scale (`opt.scale_loss(loss)`) before differentiating, so
@@ -51,6 +56,16 @@ class LossScaleOptimizer(Optimizer):
 
     `get_weights()`: `[iterations, step_counter, dynamic_scale, *inner_slots]`, where
     `inner_slots` is `inner_optimizer.get_weights()[1:]` (its scalars, then its slots).
+
+    `stateless_apply(state, grads, values)` is the pure step for use inside jit, with
+    `state` the `LossScaleState` `opt.state` (or, in Keras's form, the flat list of the
+    values of `opt.variables`: `[step_counter, dynamic_scale,
+    *inner_optimizer.variables]`); `grads` are the gradients of the loss times the
+    dynamic scale.
+
+    It holds the inner optimizer and delegates to it (iterations, learning rate, weight
+    decay exclusions, EMA); it shares only the `Facade` with the engine `Optimizer`, of
+    which it is a virtual subclass.
 
     Args:
       inner_optimizer: the `kopt.optimizers.Optimizer` to wrap.
@@ -107,8 +122,8 @@ class LossScaleOptimizer(Optimizer):
         self.initial_scale = initial_scale
         self.dynamic_growth_steps = dynamic_growth_steps
         self._own = None   # (step_counter, dynamic_scale) once built
-        super().__init__(learning_rate=0.0,
-                         name=name if name is not None else "loss_scale_optimizer")
+        super().__init__(name if name is not None else "loss_scale_optimizer")
+        self._transform = self._make_transform()
 
     # The inner optimizer holds its part of the state: `_state` and `_iterations` read
     # and write through to it, so the base class's compiled step updates both.
@@ -149,15 +164,27 @@ class LossScaleOptimizer(Optimizer):
         self.inner_optimizer._iterations = value
 
     def __getstate__(self):
-        d = super().__getstate__()
-        for key in ("_state", "_iterations", "_inner_tx", "_state_lent"):
-            d.pop(key, None)
-        if self._own is not None:
-            d["_own"] = jax.device_get(self._own)
-        return d
+        """The configuration, the inner optimizer (with its state) and the scale; not the
+        compiled step."""
+        with LOCK:
+            d = {k: v for k, v in self.__dict__.items() if k not in _NOT_PICKLED}
+            if self._own is not None:
+                multihost.check_picklable(self._state, f"optimizer {self.name!r}")
+                d["_own"] = jax.device_get(self._own)
+            return d
 
-    def _make_transform(self, mask=None):
-        del mask   # weight decay is the inner optimizer's
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._minimize_cache = {}
+        self._transform = self._make_transform()
+        self._index = {}
+        if self._vars is not None:
+            self._index = dict(self.inner_optimizer._index)
+            self._state = self._on_mesh(jax.tree.map(jnp.asarray, self._state))
+            self._iterations = jnp.copy(self._state.count)
+            self._compile()
+
+    def _make_transform(self):
         self._inner_tx = self.inner_optimizer.transform
         if self._inner_tx is None:   # a MultiOptimizer has its transform once built
             return None
@@ -187,18 +214,9 @@ class LossScaleOptimizer(Optimizer):
         self._state_lent = False
         self._compile()
 
-    def apply(self, grads, variables=None):
-        """Apply the scaled `grads` (unscaled, or skipped if non-finite); returns `iterations`."""
-        self._sync()
-        return super().apply(grads, variables)
-
-    def minimize(self, loss_fn, variables, *args):
-        """One compiled step on `loss_fn(values, *args) * dynamic_scale`; returns the loss
-        (unscaled)."""
-        self._sync()
-        return super().minimize(loss_fn, variables, *args)
-
     def _loss_step_fn(self, loss_fn):
+        """`minimize`'s step: differentiate `loss_fn(values, *args) * dynamic_scale`,
+        return the loss unscaled."""
         tx = self._transform
 
         def run(values, state, *a):
@@ -218,17 +236,6 @@ class LossScaleOptimizer(Optimizer):
             return loss, apply_updates(values, updates), state, jnp.copy(state.count)
 
         return run
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        """The pure step for use inside jit, in kopt's form `(state, grads, values) ->
-        (values, state)` with `state` the `LossScaleState` `opt.state`, or in Keras's
-        form with the flat list of the values of `opt.variables`
-        (`[step_counter, dynamic_scale, *inner_optimizer.variables]`), returning
-        `(values, optimizer_variables)`. `grads` are the gradients of the loss times the
-        dynamic scale.
-        """
-        self._sync()
-        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     def _keras_codec(self):
         """Keras's flat form of `variables`: see `Optimizer._keras_codec`."""

@@ -22,11 +22,12 @@ from kopt.functional.base import apply_updates
 from kopt.functional.partition import MaskedNode, PartitionState, partition
 from kopt.functional.validation import validate_loss_scale_factor
 from kopt.stateful import registry
-from kopt.stateful.optimizer import Optimizer, _check_grads
-from kopt.stateful.optimizer_variable import OptimizerVariable
+from kopt.stateful.facade import _check_grads, checked_variables
+from kopt.stateful.optimizer import Optimizer
 from kopt.stateful.serialization import check_config_tree, deserialize, serialize
 from kopt.stateful.transform_optimizer import _iteration_count
 from kopt.stateful.variable import LOCK, is_variable_like, variable_name
+from kopt.stateful.wrapper import Wrapper
 
 __all__ = ["MultiOptimizer", "OptimizerMap"]
 
@@ -202,7 +203,7 @@ class OptimizerMap(MutableMapping):
                    {k: deserialize(o) for k, o in entries.items()})
 
 
-class MultiOptimizer(Optimizer):
+class MultiOptimizer(Wrapper):
     """Different optimizers for different variables, applied in one compiled step.
 
     Each variable goes to one inner optimizer, which updates it by its own rule (its
@@ -259,6 +260,10 @@ class MultiOptimizer(Optimizer):
       >>> [o.name for o in opt.optimizers]
       ['adam', 'sgd']
 
+    It holds its inner optimizers, which keep their state, and delegates to them; it
+    shares only the `Facade` with the engine `Optimizer`, of which it is a virtual
+    subclass.
+
     Reference: `keras.optimizers.MultiOptimizer`; `kopt.functional.partition`.
     """
 
@@ -266,6 +271,7 @@ class MultiOptimizer(Optimizer):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}.")
         validate_loss_scale_factor(loss_scale_factor)
+        super().__init__(name if name is not None else "multioptimizer")
         self._inner: list[Optimizer] = []
         self._pairs: list[tuple[Optimizer, list]] | None = None
         self._active = None          # per used inner optimizer, set by build
@@ -287,7 +293,8 @@ class MultiOptimizer(Optimizer):
                 f"variable -> optimizer, or a list of (optimizer, variables) pairs. "
                 f"Received: {optimizer_map!r}")
         self._optimizer_map = optimizer_map
-        super().__init__(learning_rate=0.0, loss_scale_factor=loss_scale_factor, name=name)
+        self.loss_scale_factor = loss_scale_factor   # set on every inner optimizer
+        self._transform = None   # `partition` of the inner transforms, made at build
 
     @property
     def loss_scale_factor(self):
@@ -363,15 +370,9 @@ class MultiOptimizer(Optimizer):
             self._build(list(variables))
 
     def _build(self, variables) -> None:
-        for i, v in enumerate(variables):
-            if not is_variable_like(v):
-                raise TypeError(
-                    f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
-                    f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array).")
+        variables = checked_variables(variables)
         if not variables:
             raise ValueError("build() received no variables.")
-        if len({id(v) for v in variables}) != len(variables):
-            raise ValueError("build() received the same Variable more than once.")
         if self._built_with(variables):
             return
         # Everything that can fail is checked before any inner optimizer changes.
@@ -522,26 +523,10 @@ class MultiOptimizer(Optimizer):
             for _, opt, _ in self.__dict__.get("_active") or ():
                 opt._state_lent = False
 
-    @property
-    def iterations(self) -> OptimizerVariable:
-        """The number of `apply_gradients` calls, a variable-like 0-d int32 (`int()`,
-        `.value`, `.numpy()`), read-only."""
-        it = self.__dict__.get("_iterations_var")
-        if it is None:
-            it = self._iterations_var = OptimizerVariable(
-                "iteration", f"{self.name}/iteration", read=self._read_iterations)
-        return it
-
-    def _read_iterations(self):
-        with LOCK:
-            if not self.built:
-                return jnp.zeros((), jnp.int32)
-            return jnp.copy(self._count)
-
     def __getstate__(self):
         """Pickle the configuration and the count; the inner optimizers pickle their state."""
         d = {k: v for k, v in self.__dict__.items()
-             if k not in ("_transform", "_step", "_minimize_cache", "_index", "_exclude_ids",
+             if k not in ("_transform", "_step", "_minimize_cache", "_index",
                           "_own_iterations", "_treedefs", "_inner_transforms",
                           "_iterations_var", "_plain_key", "_own_lent")}
         if self.built:
@@ -550,7 +535,6 @@ class MultiOptimizer(Optimizer):
 
     def __setstate__(self, d):
         self.__dict__.update(d)
-        self._exclude_ids = set()
         self._minimize_cache = {}
         self._index = {}
         self._transform = None
@@ -561,14 +545,6 @@ class MultiOptimizer(Optimizer):
             self._iterations = jnp.copy(self._count)
 
     # ----------------------------------------------------------------- apply
-    def apply(self, grads, variables=None):
-        self._sync()
-        return super().apply(grads, variables)
-
-    def minimize(self, loss_fn, variables, *args):
-        self._sync()
-        return super().minimize(loss_fn, variables, *args)
-
     def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
         """Exclude variables from weight decay in whichever inner optimizer gets them."""
         if self.built:
@@ -599,7 +575,7 @@ class MultiOptimizer(Optimizer):
     def __getattr__(self, key):
         if key == "learning_rate":   # keep the message when the property raises
             raise AttributeError(_LR_GET_MESSAGE)
-        return super().__getattr__(key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     # ----------------------------------------------------------------- weights
     @property
@@ -636,13 +612,6 @@ class MultiOptimizer(Optimizer):
             return out
 
         return n, unflatten, flatten
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        """The pure step for use inside jit: kopt's form with `opt.state` (a
-        `PartitionState`), or Keras's with the flat list of the values of `opt.variables`
-        (see the base class)."""
-        self._sync()
-        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
 
     def _weight_arrays(self) -> list:
         out = [self._count]

@@ -6,6 +6,10 @@ jitted function over all variables that takes the Variables' buffers and the opt
 state as donated arguments, so a step allocates no new state and is compiled once per set
 of shapes and dtypes. The learning rate lives in the state, so setting it never
 recompiles.
+
+This module is the engine (constructor and options, the transform, build, learning rate,
+Keras weight layouts, configs, pickling); the step machinery it shares with the wrappers
+is `kopt.stateful.facade.Facade`.
 """
 
 from __future__ import annotations
@@ -24,69 +28,21 @@ from kopt import schedules as schedules_lib
 from kopt.functional.base import apply_updates
 from kopt.functional.buckets import DEFAULT_BUCKET_THRESHOLD
 from kopt.functional.learning_rate import as_learning_rate, resolve_learning_rate
-from kopt.functional.sharding import state_shardings
-from kopt.interop.flax import nnx_gradient_hint
+from kopt.stateful import minimize as minimize_lib
 from kopt.stateful import multihost, registry
 from kopt.stateful import weights as weights_io
+from kopt.stateful.config_tree import check_config_tree
 from kopt.stateful.derived import derived_doc, derived_init
-from kopt.stateful.execution import CompiledStep
+from kopt.stateful.facade import Facade, checked_variables
 from kopt.stateful.optimizer_variable import OptimizerVariable
 from kopt.stateful.variable import (
     LOCK,
     Variable,
-    is_variable_like,
     read_value,
     variable_name,
-    write_value,
 )
 
 __all__ = ["Optimizer"]
-
-
-def _tracing() -> bool:
-    try:
-        from jax._src import core
-        return not core.trace_state_clean()
-    except (ImportError, AttributeError):  # pragma: no cover - private API moved
-        return False
-
-
-def _check_grads(grads, values, names):
-    """Runs when the step is traced, before anything is executed or donated."""
-    for g, v, name in zip(grads, values, names):
-        if g is None:
-            continue
-        shape, dtype = getattr(g, "shape", None), getattr(g, "dtype", None)
-        if shape != v.shape:
-            raise ValueError(
-                f"Gradient for variable {name!r} has shape {shape}, but the variable has "
-                f"shape {v.shape}."
-            )
-        if dtype != v.dtype:
-            raise ValueError(
-                f"Gradient for variable {name!r} has dtype {dtype}, but the variable has "
-                f"dtype {v.dtype}. Cast the gradient to the variable's dtype."
-            )
-
-
-_ArrayImpl = type(jnp.zeros(()))
-
-
-def _as_gradient(g, v):
-    """A gradient that is not a `jax.Array`, checked before anything is dispatched: a
-    numeric array (numpy, or anything `np.asarray` takes); otherwise an error naming `v`."""
-    dtype = getattr(g, "dtype", None)
-    if dtype is None or isinstance(g, (str, bytes)):
-        raise TypeError(
-            f"Gradient for variable {variable_name(v)!r} must be an array; received "
-            f"{type(g).__name__}: {g!r:.80}")
-    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
-        raise TypeError(
-            f"Gradient for variable {variable_name(v)!r} has dtype {dtype}; expected a numeric "
-            "array.")
-    if isinstance(g, np.ndarray):
-        return jnp.array(g, copy=True)
-    return g
 
 
 def _check_loss(loss) -> None:
@@ -113,7 +69,7 @@ def _checked_rate(rate) -> float:
     return float(value)
 
 
-class Optimizer:
+class Optimizer(Facade):
     """Base class of kopt's stateful optimizers.
 
     A subclass names its functional factory, `class Adam(Optimizer,
@@ -246,18 +202,6 @@ class Optimizer:
         for v, i in zip(var_list, self._built_indices(var_list, "finalize_variable_values")):
             v.assign(weights_io.slot_leaf(self._state.ema, i))
 
-    def _built_indices(self, var_list, where: str) -> list[int]:
-        """The build-order index of each of `var_list`, all of them built variables."""
-        idx = []
-        for v in var_list:
-            i = self._index.get(id(v))
-            if i is None or self._vars[i] is not v:
-                raise ValueError(
-                    f"{where}: variable {variable_name(v)!r} is not among the variables "
-                    f"optimizer {self.name!r} was built with.")
-            idx.append(i)
-        return idx
-
     def _schedule_step(self):
         """The step schedules read: raw calls under gradient accumulation, as Keras."""
         micro = getattr(self._state, "micro_step", None)
@@ -270,28 +214,6 @@ class Optimizer:
         See `kopt.stateful.transform_optimizer.TransformOptimizer`.
         """
         return registry.wrapper("TransformOptimizer")(tx, name=name)
-
-    @property
-    def transform(self):
-        """The functional `Transform` this optimizer runs."""
-        return self._transform
-
-    def _step_fn(self):
-        """The pure step `(values, state, grads) -> (values, state, count)` to compile.
-
-        Wrappers override this (not `_compile`) to change what a step computes.
-        """
-        tx = self._transform
-        names = [variable_name(v) for v in self._vars]
-
-        def step(values, state, grads):
-            _check_grads(grads, values, names)
-            updates, state = tx.update(grads, state, values)
-            # `iterations` gets its own (undonated) copy of the count, so reading it
-            # never waits on the device and a held reference stays valid.
-            return apply_updates(values, updates), state, jnp.copy(state.count)
-
-        return step
 
     def _loss_step_fn(self, loss_fn):
         """The pure `minimize` step `(values, state, *args) -> (loss, values, state, count)`."""
@@ -312,15 +234,7 @@ class Optimizer:
 
         return run
 
-    def _compile(self):
-        self._step = CompiledStep(self._step_fn())
-        self._minimize_cache.clear()
-
     # ----------------------------------------------------------------- build
-    @property
-    def built(self) -> bool:
-        return self._vars is not None
-
     def build(self, variables) -> None:
         """Create the optimizer state for `variables` (all-or-nothing).
 
@@ -329,15 +243,7 @@ class Optimizer:
         (updated through its own `assign`). An empty list builds an optimizer with no
         variables, as Keras allows.
         """
-        variables = list(variables)
-        for i, v in enumerate(variables):
-            if not is_variable_like(v):
-                raise TypeError(
-                    f"build() expects variables (kopt.Variable or keras.Variable); entry {i} "
-                    f"is {type(v).__name__}. Wrap arrays with kopt.Variable(array)."
-                )
-        if len({id(v) for v in variables}) != len(variables):
-            raise ValueError("build() received the same Variable more than once.")
+        variables = checked_variables(variables)
         with LOCK:
             if self._built_with(variables):
                 return
@@ -359,29 +265,6 @@ class Optimizer:
             self._state, self._iterations = state, jnp.copy(state.count)
             self._state_lent = False
             self._compile()
-
-    def _built_with(self, variables) -> bool:
-        """True if built with exactly `variables`, False if not built; raises if built
-        with another set."""
-        if not self.built:
-            return False
-        if [id(v) for v in variables] == [id(v) for v in self._vars]:
-            return True
-        raise ValueError(
-            f"Optimizer {self.name!r} was already built with {len(self._vars)} variables; "
-            "it cannot be rebuilt with a different set. Create a new optimizer.")
-
-    def _on_mesh(self, state):
-        return self._placed(state, tuple(read_value(v) for v in self._vars))
-
-    @staticmethod
-    def _placed(state, values):
-        """`state`, placed where the variables live when they are on a mesh: sharded like
-        them, and the rest (counters, buckets, made on one device) replicated, so that
-        the compiled step always sees the same input shardings and compiles once."""
-        if any(isinstance(getattr(x, "sharding", None), NamedSharding) for x in values):
-            return jax.device_put(state, state_shardings(state, values))
-        return state
 
     def _new_learning_rate(self, value):
         """A new `learning_rate` state field, placed as the old one (no recompile)."""
@@ -414,224 +297,8 @@ class Optimizer:
         self._exclude_ids.update(id(v) for v in (var_list or []))
         self._exclude_names.extend(names)
 
-    # ----------------------------------------------------------------- apply
-    def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
-        """Apply `(gradient, variable)` pairs in one compiled step; returns `iterations`.
-
-        Pairs whose gradient is None are skipped (with a warning naming them, as Keras).
-        """
-        del name, experimental_aggregate_gradients
-        try:
-            pairs = list(grads_and_vars)
-            grads, variables = zip(*pairs) if pairs else ((), ())
-            if any(len(p) != 2 for p in pairs):
-                raise ValueError
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                "apply_gradients expects an iterable of (gradient, variable) pairs, e.g. "
-                f"zip(grads, variables). Received: {grads_and_vars!r}"
-            ) from e
-        return self.apply(grads, variables)
-
-    def apply(self, grads, variables=None):
-        """Apply `grads` to `variables` (Keras 3 argument order); returns `iterations`.
-
-        A failure anywhere in the step (the compiled update, a schedule, a variable's
-        `assign` or constraint) leaves the variables and the state as they were.
-        """
-        if _tracing():
-            raise RuntimeError(
-                "The stateful optimizer cannot be called inside a JAX transformation "
-                "(jit, grad, vmap...). Use kopt.functional (opt.transform) or "
-                "opt.stateless_apply(state, grads, values) inside jitted code."
-            )
-        hint = nnx_gradient_hint(grads)
-        grads = list(grads)
-        hint = hint or nnx_gradient_hint(grads)
-        if hint:
-            raise TypeError(f"apply() received nnx.State gradients. {hint}")
-        if variables is None:
-            if not self.built:
-                raise ValueError("apply(grads) without variables needs a built optimizer.")
-            variables = self._vars
-        grads, variables = list(grads), list(variables)
-        if len(grads) != len(variables):
-            raise ValueError(
-                f"Received {len(grads)} gradients for {len(variables)} variables; they must "
-                "be equal in number."
-            )
-        if all(g is None for g in grads):
-            raise ValueError(
-                f"No gradients provided for any variable: {[variable_name(v) for v in variables]}."
-            )
-        if any(g is None for g in grads):
-            missing = [variable_name(v) for g, v in zip(grads, variables) if g is None]
-            warnings.warn(
-                f"Gradients do not exist for variables {missing} when minimizing the loss. "
-                "If using `model.compile()`, did you forget to provide a `loss` argument?",
-                UserWarning, stacklevel=3)
-        with LOCK:
-            if not self.built:
-                self.build(variables)
-            full = self._full_grads(grads, variables)
-            return self._run(self._step, full)
-
-    def _run(self, compiled: CompiledStep, *args):
-        """Run `compiled` on the variables and state; commit only if everything succeeds.
-        Returns the step's outputs before `(values, state, count)`. Called under LOCK."""
-        plain = self._plain()
-        values = self._read_values()
-        old = None if plain else tuple(values)   # kept to undo a failed `assign`
-        *extra, values, state, count = compiled.run(
-            values, self._state, args, donate=plain or self.donate_foreign_variables,
-            copy_held=plain, state_lent=self._state_lent)
-        self._write_values(values, old)
-        self._state, self._iterations, self._state_lent = state, count, False
-        return extra[0] if extra else self.iterations
-
-    def _plain(self) -> bool:
-        """Whether every variable is a `kopt.Variable` (read and written directly)."""
-        key = self.__dict__.get("_plain_key")
-        if key is None or key[0] is not self._vars:
-            key = self._plain_key = (
-                self._vars, all(type(v) is Variable and v.constraint is None for v in self._vars))
-        return key[1]
-
-    def _read_values(self) -> list:
-        """A fresh list of the variables' arrays (see `execution.held_elsewhere`)."""
-        if self._plain():   # no per-variable function call on the hot path
-            return [v._value for v in self._vars]
-        return [read_value(v) for v in self._vars]
-
-    def _write_values(self, new_values, old_values) -> None:
-        """Store the step's results, constraints applied; all-or-nothing."""
-        if self._plain():
-            for v, value in zip(self._vars, new_values):
-                v._value = value
-            return
-        new_values = [
-            value if getattr(v, "constraint", None) is None else v.constraint(value)
-            for v, value in zip(self._vars, new_values)
-        ]
-        done = 0
-        try:
-            for v, value in zip(self._vars, new_values):
-                write_value(v, value)
-                done += 1
-        except BaseException:
-            for v, value in zip(self._vars[:done], old_values):
-                write_value(v, value)
-            raise
-
-    def _full_grads(self, grads, variables):
-        """Gradients as a tuple aligned with the built variables (None where absent).
-
-        Shapes and dtypes are checked by `_check_grads` when the step is traced, so a
-        call with a known signature does no per-leaf work in Python beyond a type check.
-        """
-        built = self._vars
-        if len(variables) == len(built) and all(a is b for a, b in zip(variables, built)):
-            full = list(grads)
-        else:
-            full = [None] * len(built)
-            for g, v in zip(grads, variables):
-                i = self._index.get(id(v))
-                if i is None or built[i] is not v:
-                    raise ValueError(
-                        f"Variable {variable_name(v)!r} is not among the "
-                        f"{len(built)} variables optimizer {self.name!r} was built with. "
-                        "Create a new optimizer for a new set of variables."
-                    )
-                if full[i] is not None:
-                    raise ValueError(
-                        f"Variable {variable_name(v)!r} appears more than once in grads_and_vars; "
-                        "sum its gradients and pass it once."
-                    )
-                full[i] = g
-        buffers = None
-        for i, g in enumerate(full):
-            if g is None or type(g) is _ArrayImpl:
-                if g is not None:
-                    if buffers is None:
-                        buffers = {id(v._value) if type(v) is Variable else None for v in built}
-                    if id(g) in buffers:   # a variable's own buffer: the step must not consume it
-                        full[i] = jnp.copy(g)
-                continue
-            full[i] = _as_gradient(g, built[i])
-        return tuple(full)
-
-    def minimize(self, loss_fn, variables, *args):
-        """Differentiate `loss_fn(values, *args)` and apply the step in one compiled call.
-
-        `values` is the list of the variables' arrays. Returns the loss. Pass data through
-        `*args` (traced) rather than a new closure per call, which would recompile. As
-        `apply`, a failure (in the loss, a schedule, the step) changes nothing.
-        """
-        if _tracing():
-            raise RuntimeError(
-                "minimize() cannot be called inside a JAX transformation (jit, grad, vmap...). "
-                "Use kopt.functional (opt.transform) or opt.stateless_apply inside jitted code."
-            )
-        variables = list(variables)
-        with LOCK:
-            if not self.built:
-                self.build(variables)
-            elif [id(v) for v in variables] != [id(v) for v in self._vars]:
-                raise ValueError(
-                    "minimize() must be called with the variables the optimizer was built with."
-                )
-            compiled = self._minimize_cache.get(loss_fn)
-            if compiled is None:
-                compiled = self._minimize_cache[loss_fn] = CompiledStep(self._loss_step_fn(loss_fn))
-            return self._run(compiled, *args)
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        """The pure step, for use inside jit. Two forms:
-
-        - kopt's: `stateless_apply(state, grads, values) -> (values, state)`, with
-          `state` the pytree `opt.state`;
-        - Keras's: `stateless_apply(optimizer_variables, grads, trainable_variables) ->
-          (trainable_variables, optimizer_variables)`, with `optimizer_variables` the flat
-          list of the values of `opt.variables` (or the variables themselves), as in
-          Keras's guide "Writing a training loop from scratch in JAX".
-
-        `grads` and the values are sequences aligned with the built variables. Nothing on
-        the optimizer changes: write results back with `opt.state = state` (or
-        `var.assign(value)` for each of `opt.variables`) and `v.assign(value)`.
-        """
-        if not self.built:
-            raise ValueError(
-                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its "
-                "variables must have been created). You can build it via "
-                "`optimizer.build(trainable_variables)`.")
-        values = tuple(getattr(v, "value", v) for v in trainable_variables)
-        grads = tuple(grads)
-        if len(values) != len(self._vars) or len(grads) != len(self._vars):
-            raise ValueError(
-                f"stateless_apply: received {len(grads)} gradients and {len(values)} "
-                f"trainable_variables; the optimizer was built with {len(self._vars)} "
-                "variables.")
-        if isinstance(optimizer_variables, tuple) and hasattr(optimizer_variables, "_fields"):
-            if jax.tree.structure(optimizer_variables) != jax.tree.structure(self._state):
-                raise ValueError(
-                    "stateless_apply: `optimizer_variables` does not have the structure of "
-                    "this optimizer's state (opt.state). Received: "
-                    f"{type(optimizer_variables).__name__}")
-            updates, state = self._transform.update(grads, optimizer_variables, values)
-            return list(apply_updates(values, updates)), state
-        if not isinstance(optimizer_variables, (list, tuple)):
-            raise ValueError(
-                "stateless_apply: `optimizer_variables` must be opt.state or a list of the "
-                f"values of opt.variables. Received: {type(optimizer_variables).__name__}")
-        n, unflatten, flatten = self._keras_codec()
-        if len(optimizer_variables) != n:
-            raise ValueError(
-                "Argument `optimizer_variables` must be a list of tensors corresponding 1:1 "
-                f"to {type(self).__name__}().variables. Received list with length "
-                f"{len(optimizer_variables)}, but expected {n} variables.")
-        state = unflatten([getattr(v, "value", v) for v in optimizer_variables])
-        updates, state = self._transform.update(grads, state, values)
-        return list(apply_updates(values, updates)), flatten(state)
+    # The gradient and the update fused in one compiled call (see kopt.stateful.minimize).
+    minimize = minimize_lib.minimize
 
     def _keras_codec(self):
         """`(n, unflatten, flatten)` for Keras's flat form of `variables`: `n` arrays,
@@ -640,47 +307,6 @@ class Optimizer:
         entries = self._keras_entries()
         return (len(entries), lambda flat: self._unflatten(entries, list(flat)),
                 lambda state: [weights_io.entry_value(state, e) for e in entries])
-
-    # ----------------------------------------------------------------- state
-    @property
-    def state(self):
-        """The functional state pytree (None before build).
-
-        What it returns stays valid: the next step works on a copy of the state instead
-        of updating this one in place.
-        """
-        with LOCK:
-            self._state_lent = self._state is not None
-            return self._state
-
-    @state.setter
-    def state(self, new_state):
-        with LOCK:
-            if not self.built:
-                raise ValueError("Build the optimizer before assigning its state.")
-            placed = self._checked_state(new_state)
-            self._state, self._iterations = placed, jnp.copy(placed.count)
-            self._state_lent = False
-
-    def _checked_state(self, new_state):
-        """`new_state` validated against the current state (structure, then each leaf's
-        shape and dtype, and the count), copied into buffers kopt owns, and placed."""
-        expected = jax.tree.structure(self._state)
-        if jax.tree.structure(new_state) != expected:
-            raise ValueError(
-                "The new state does not have the structure of this optimizer's state. "
-                f"Expected {expected}, received {jax.tree.structure(new_state)}."
-            )
-        paths = jax.tree_util.tree_flatten_with_path(self._state)[0]
-        for (path, like), leaf in zip(paths, jax.tree.leaves(new_state)):
-            shape, dtype = np.shape(leaf), getattr(leaf, "dtype", None)
-            if shape != like.shape or dtype != like.dtype:
-                raise ValueError(
-                    f"The new state's leaf {jax.tree_util.keystr(path)} has shape {shape} "
-                    f"and dtype {dtype}; expected {like.shape} and {like.dtype}.")
-        weights_io.check_count(multihost.to_host(new_state.count), "state.count")
-        owned = jax.tree.map(lambda x: jnp.array(x, copy=True), new_state)
-        return self._on_mesh(owned)
 
     @property
     def iterations(self) -> OptimizerVariable:
@@ -797,10 +423,6 @@ class Optimizer:
                     write=functools.partial(self._write_entry, entry)))
             return out
 
-    @property
-    def weights(self) -> list[OptimizerVariable]:
-        return self.variables
-
     def _unflatten(self, entries, flat):
         """The state with the arrays of `entries` replaced by `flat` (traceable). Under
         gradient accumulation the update count follows the raw count, as in Keras."""
@@ -874,31 +496,6 @@ class Optimizer:
         """The live arrays `get_weights` lists (wrappers with other layouts override)."""
         return weights_io.weight_arrays(self._state, len(self._vars), type(self).__name__)
 
-    def set_weights(self, weights) -> None:
-        """Load a list produced by `get_weights` (validated in full before any change).
-
-        Arrays are copied: later changes to `weights` do not reach the optimizer. bfloat16
-        slots saved with `np.savez` (which stores them as raw 2-byte records, dtype `|V2`)
-        load back as they were.
-        """
-        self._check_weights_list(weights)
-        with LOCK:
-            state = self._state_from_weights(list(weights))
-            self._state, self._iterations = state, jnp.copy(state.count)
-            self._state_lent = False
-
-    def _check_weights_list(self, weights) -> None:
-        """`set_weights` needs a built optimizer and a list (Keras's message first)."""
-        if not self.built:
-            raise ValueError(
-                "You are calling `set_weights()` on an optimizer that has not yet been built. "
-                "Please call `optimizer.build(trainable_variables)` to create the optimizer "
-                "weights before calling `set_weights()`. (kopt: set_weights() needs a built "
-                f"optimizer, and {self.name!r} is not built: call opt.build(variables) first.)")
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(
-                f"set_weights expects a list of arrays. Received: {type(weights).__name__}")
-
     def _state_from_weights(self, weights):
         """The state `weights` (a `get_weights` list) describes, validated, the schedule's
         rate at its count, placed like the current state."""
@@ -927,11 +524,10 @@ class Optimizer:
     def from_config(cls, config: dict[str, Any]):
         if not isinstance(config, dict):
             raise TypeError(f"from_config expects a dict. Received: {config!r}")
+        check_config_tree(config)
         config = dict(config)
         lr = config.get("learning_rate")
         if isinstance(lr, dict):
             config["learning_rate"] = schedules_lib.deserialize(lr)
         return cls(**config)
 
-    def __repr__(self):
-        return f"<kopt.optimizers.{type(self).__name__} name={self.name!r} built={self.built}>"

@@ -17,7 +17,9 @@ import numpy as np
 
 from kopt.functional.base import Transform, iteration_count
 from kopt.stateful import registry
-from kopt.stateful.optimizer import Optimizer
+from kopt.stateful.facade import checked_variables
+from kopt.stateful.variable import LOCK, read_value
+from kopt.stateful.wrapper import Wrapper
 
 __all__ = ["TransformOptimizer", "TransformState"]
 
@@ -100,7 +102,7 @@ def _check_real(w: np.ndarray, k: int, what: str) -> None:
             f"set_weights: entry {k} ({what}) has dtype {w.dtype}; expected a real number array.")
 
 
-class TransformOptimizer(Optimizer):
+class TransformOptimizer(Wrapper):
     """The stateful facade over any `(init, update)` transform, kopt's or optax's.
 
     Build it with `kopt.optimizers.Optimizer.from_transform(tx, name=None)`:
@@ -127,7 +129,8 @@ class TransformOptimizer(Optimizer):
     class has no cross-cutting options of its own, and `get_config` is not available (a
     transform is made of closures); checkpoint `state` or `get_weights()` instead. A pair
     whose gradient is None reaches the transform as a `None` leaf: kopt's transforms skip
-    it, optax's need a gradient for every variable.
+    it, optax's need a gradient for every variable. It holds the transform and shares only
+    the `Facade` with the engine `Optimizer` (of which it is a virtual subclass).
 
     Example:
       >>> import jax.numpy as jnp, optax, kopt
@@ -145,12 +148,30 @@ class TransformOptimizer(Optimizer):
                 f"`update(updates, state, params)`, such as kopt.functional.adam(...) or "
                 f"optax.adam(...). Received: {transform!r}"
             )
+        super().__init__(name if name is not None else "transformoptimizer")
         self._inner = transform
-        super().__init__(learning_rate=None, name=name)
+        self._transform = self._make_transform()
+        self._state = self._iterations = None
+
+    _mask = None   # no weight decay of its own (a MultiOptimizer around it reads these two)
 
     def _make_transform(self, mask=None):
-        del mask   # no weight decay of its own
+        del mask
         return _counted(self._inner)
+
+    def build(self, variables) -> None:
+        """Create the state, `TransformState(count, tx.init(values))` (all-or-nothing)."""
+        variables = checked_variables(variables)
+        with LOCK:
+            if self._built_with(variables):
+                return
+            values = tuple(read_value(v) for v in variables)
+            state = self._placed(self._transform.init(values), values)   # nothing set yet
+            self._vars = tuple(variables)
+            self._index = {id(v): i for i, v in enumerate(variables)}
+            self._state, self._iterations = state, jnp.copy(state.count)
+            self._state_lent = False
+            self._compile()
 
     @property
     def inner_transform(self):
@@ -210,6 +231,17 @@ class TransformOptimizer(Optimizer):
     def variables(self) -> list[jax.Array]:
         """The arrays of `get_weights()`, in its order (snapshots)."""
         return self._weight_arrays()
+
+    def _keras_codec(self):
+        """Keras's flat form of `variables`, for `stateless_apply`: `[count, *leaves]`."""
+        treedef = jax.tree.structure(self._state.inner)
+
+        def unflatten(flat):
+            return TransformState(jnp.asarray(flat[0], jnp.int32),
+                                  jax.tree.unflatten(treedef, list(flat[1:])))
+
+        return (1 + treedef.num_leaves, unflatten,
+                lambda state: [state.count, *jax.tree.leaves(state.inner)])
 
     def _weight_arrays(self) -> list[jax.Array]:
         """`[iterations, *jax.tree.leaves(state.inner)]` (snapshots), as `get_weights`."""

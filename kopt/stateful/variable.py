@@ -123,8 +123,14 @@ def is_variable_like(v) -> bool:
     return all(hasattr(v, a) for a in ("value", "assign", "shape", "dtype"))
 
 
+_ArrayImpl = type(jnp.zeros(()))
+
+
 def read_value(v):
-    return v._value if type(v) is Variable else jnp.asarray(v.value)
+    if type(v) is Variable:
+        return v._value
+    value = v.value   # a foreign variable's (keras, nnx): jnp.asarray costs ~0.1 ms on an Array
+    return value if type(value) is _ArrayImpl else jnp.asarray(value)
 
 
 def write_value(v, value):
