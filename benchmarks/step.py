@@ -24,6 +24,12 @@ What is measured, per (tree, optimizer, implementation) row:
   step for the same tree and optimizer.
 - ``1st step s``: time to the first step: creating the optimizer state (``init`` /
   ``build``), tracing, compiling and running the first step.
+- ``compile x optax``: the row's compile time over optax's, where a row's compile time is
+  its first step minus its median step (so: creating the state, tracing and compiling;
+  the same measure for every implementation, jitted or not).
+- ``x bound``: the median step over the ``bound`` row's for the same tree: a jitted
+  pytree-in/pytree-out ``[p + g for ...]`` with ``p`` donated, the least a step that
+  reads and writes the params as a pytree can cost (it does no optimizer maths at all).
 - ``peak MB``: the peak memory of the steady-state steps, and ``x ideal``: that peak over
   params + grads + optimizer state (Adam 16 B/param, SGD-momentum 12 B/param).
   Where the device reports ``memory_stats()`` (GPU, TPU) it is the device's
@@ -52,6 +58,8 @@ Implementations (``--impls``):
                  ``kopt.Variable``s, in a plain Python loop
   keras-jit      Keras 3 (JAX backend) ``optimizer.stateless_apply``, jitted and donated
   keras-eager    Keras 3 (JAX backend) eager ``apply_gradients`` on ``keras.Variable``s
+  bound          not an optimizer: jit(``[p + g for ...]``), pytree in and out, params
+                 donated; the ``x bound`` column's reference
 
 Hyperparameters: Adam lr 1e-3, betas (0.9, 0.999), epsilon 1e-7 (optax adds epsilon after
 bias correction, Keras and kopt before; the cost is the same); SGD lr 0.01, momentum 0.9.
@@ -98,7 +106,7 @@ ADAM = dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
 SGDM = dict(learning_rate=0.01, momentum=0.9)
 ALL_TREES = ("leaf32m", "resnet50", "gpt2", "small1000")
 ALL_OPTS = ("adam", "sgdm")
-ALL_IMPLS = ("optax", "kopt", "kopt-stateful", "keras-jit", "keras-eager")
+ALL_IMPLS = ("optax", "kopt", "kopt-stateful", "keras-jit", "keras-eager", "bound")
 ALIASES = {"leaf": "leaf32m", "single": "leaf32m", "resnet": "resnet50", "gpt": "gpt2",
            "transformer": "gpt2", "small": "small1000", "sgd": "sgdm", "momentum": "sgdm"}
 
@@ -323,8 +331,24 @@ def build_keras_jit(opt, tree: HostTree, grads):
     return init, step
 
 
+def build_bound(opt, tree: HostTree, grads):
+    """The pytree bound: `[p + g for ...]`, jitted, params donated (no optimizer state)."""
+    g = dict(zip(tree.names, grads))
+    box = {"p": {n: device_copy(x) for n, x in zip(tree.names, tree.params)}}
+    jstep = jax.jit(lambda p, g: jax.tree.map(jnp.add, p, g), donate_argnums=0)
+
+    def init():
+        pass
+
+    def step():
+        box["p"] = jstep(box["p"], g)
+        jax.block_until_ready(box["p"])
+
+    return init, step
+
+
 IMPL_MODULE = {"optax": "optax", "kopt": "kopt", "kopt-stateful": "kopt",
-               "keras-jit": "keras", "keras-eager": "keras"}
+               "keras-jit": "keras", "keras-eager": "keras", "bound": "jax"}
 
 BUILDERS = {
     "optax": build_optax,
@@ -332,6 +356,7 @@ BUILDERS = {
     "kopt-stateful": build_kopt_stateful,
     "keras-jit": build_keras_jit,
     "keras-eager": build_keras_eager,
+    "bound": build_bound,
 }
 
 
@@ -552,6 +577,13 @@ def finish_rows(rows, bandwidth):
                 if r["impl"] == "optax" and "step_s" in r}
     kopt_ms = {(r["tree"], r["opt"]): r["step_s"] for r in rows
                if r["impl"] == "kopt" and "step_s" in r}
+    bound_ms = {(r["tree"], r["opt"]): r["step_s"] for r in rows
+                if r["impl"] == "bound" and "step_s" in r}
+    for r in rows:
+        if "step_s" in r:
+            r["compile_s"] = max(r["first_step_s"] - r["step_s"], 0.0)
+    optax_compile = {(r["tree"], r["opt"]): r["compile_s"] for r in rows
+                     if r["impl"] == "optax" and "compile_s" in r}
     for r in rows:
         bpp = BYTES_PER_PARAM[r["opt"]]
         r["bytes_per_param"] = bpp
@@ -564,6 +596,10 @@ def finish_rows(rows, bandwidth):
         r["x_optax"] = r["step_s"] / base if base else None
         k = kopt_ms.get((r["tree"], r["opt"]))
         r["x_kopt"] = r["step_s"] / k if k else None
+        b = bound_ms.get((r["tree"], r["opt"]))
+        r["x_bound"] = r["step_s"] / b if b else None
+        c = optax_compile.get((r["tree"], r["opt"]))
+        r["compile_x_optax"] = r["compile_s"] / c if c else None
         r["x_ideal"] = (r["peak_bytes"] / r["ideal_bytes"]
                         if r.get("peak_bytes") is not None else None)
     return rows
@@ -571,7 +607,8 @@ def finish_rows(rows, bandwidth):
 
 def format_table(rows, trees_meta) -> str:
     head = (f"{'tree':<10} {'opt':<5} {'impl':<14} {'step ms':>9} {'floor ms':>9} {'x floor':>8} "
-            f"{'x optax':>8} {'1st step s':>10} {'peak MB':>9} {'x ideal':>8} {'steps':>5}")
+            f"{'x optax':>8} {'x bound':>8} {'1st step s':>10} {'compile x optax':>15} "
+            f"{'peak MB':>9} {'x ideal':>8} {'steps':>5}")
     lines = [head, "-" * len(head)]
     last = None
     for r in rows:
@@ -589,7 +626,9 @@ def format_table(rows, trees_meta) -> str:
         lines.append(
             f"{r['tree']:<10} {r['opt']:<5} {r['impl']:<14} {r['step_s'] * 1e3:>9.2f} "
             f"{r['floor_s'] * 1e3:>9.2f} {r['x_floor']:>8.2f} {_fmt(r.get('x_optax'), '>8.2f'):>8} "
-            f"{r['first_step_s']:>10.2f} {_fmt(None if peak is None else peak / MB, '>9.0f'):>9} "
+            f"{_fmt(r.get('x_bound'), '>8.2f'):>8} {r['first_step_s']:>10.2f} "
+            f"{_fmt(r.get('compile_x_optax'), '>15.2f'):>15} "
+            f"{_fmt(None if peak is None else peak / MB, '>9.0f'):>9} "
             f"{_fmt(r.get('x_ideal'), '>8.2f'):>8} {r['steps']:>5}")
     return "\n".join(lines)
 
@@ -620,6 +659,18 @@ def format_targets(rows) -> str:
         if impl == "kopt-stateful" and opt == "adam" and r.get("x_ideal"):
             out.append(f"  stateful Adam peak / (params+grads+state) {tree:<9}: {r['x_ideal']:.2f}x  "
                        "(target <= 1.10)")
+    out.append("Targets (issue 17, kopt functional against optax in this run):")
+    limits = {"small1000": 0.40, "resnet50": 1.00, "gpt2": 1.00, "leaf32m": 1.05}
+    for tree, limit in limits.items():
+        for opt in ALL_OPTS:
+            r = get.get((tree, opt, "kopt"))
+            if r and r.get("x_optax"):
+                line = f"  step x optax {tree:<9} {opt:<4}: {r['x_optax']:.2f}x (target <= {limit:.2f})"
+                if tree == "small1000" and r.get("compile_x_optax") is not None:
+                    line += f"; compile x optax {r['compile_x_optax']:.2f}x (target <= 0.50)"
+                if r.get("x_bound"):
+                    line += f"; x bound {r['x_bound']:.2f}"
+                out.append(line)
     return "\n".join(out)
 
 

@@ -1,8 +1,9 @@
 """orbax checkpoints of every functional state, as a matrix (issue 14, item 1).
 
 For each optimizer of `tests/catalogue.py` (with every optional slot: its
-`make_every_slot`), and for each variant that applies to it (defaults, which
-on CPU means no bucketing; bucketing on; `use_ema`; gradient accumulation stopped in the
+`make_every_slot`), and for each variant that applies to it (defaults, which bucket every
+leaf of this small tree; bucketing off; a bucket beside a leaf of its own; `use_ema`;
+gradient accumulation stopped in the
 middle of a cycle; a learning-rate schedule; bfloat16 and int8 state), the state after
 two jitted steps is saved with `orbax.checkpoint.StandardCheckpointer` as
 `{"optimizer": state}`, restored into an abstract target made by
@@ -28,7 +29,8 @@ ocp = pytest.importorskip("orbax.checkpoint")
 
 # name -> (keyword arguments, needs state_dtype support)
 VARIANTS = {
-    "defaults": ({}, False),
+    "defaults": ({}, False),   # every leaf in the bucket
+    "no_buckets": ({"bucket_threshold": 0}, False),
     "buckets": ({"bucket_threshold": 4}, False),   # the vector and the scalar share a bucket
     "ema": ({"use_ema": True, "ema_overwrite_frequency": 3}, False),
     "accumulation": ({"gradient_accumulation_steps": 3}, False),   # stopped after 2 of 3
@@ -98,7 +100,7 @@ def test_orbax_save_restore_continues_bit_for_bit(name, tmp_path):
         for g in grads[2:]:   # the uninterrupted run
             params, state = step(params, state, g)
         cases[variant] = (tx, step, params, state)
-    assert {"defaults", "buckets", "ema", "accumulation", "schedule"} <= set(cases)
+    assert {"defaults", "no_buckets", "buckets", "ema", "accumulation", "schedule"} <= set(cases)
 
     checkpointer = ocp.StandardCheckpointer()
     path = tmp_path / "ckpt"

@@ -68,8 +68,10 @@ def _optax_adam():
 ORBAX_CASES = {
     # Buckets of small leaves, EMA, None fields: every kind of node in kopt's state.
     "kopt_adam_buckets_ema": lambda: kopt.optimizers.Adam(0.05, bucket_threshold=64, use_ema=True),
-    # Defaults on CPU (no buckets), and Muon's empty second moments (issue 14, item 1).
+    # Defaults (buckets on every backend), bucketing off, and Muon's empty second moments
+    # (issue 14, item 1).
     "kopt_adam_defaults": lambda: kopt.optimizers.Adam(0.05),
+    "kopt_adam_no_buckets": lambda: kopt.optimizers.Adam(0.05, bucket_threshold=0),
     "kopt_muon_defaults": lambda: kopt.optimizers.Muon(0.05),
     "optax_chain": _optax_adam,
 }
@@ -352,7 +354,8 @@ def test_set_weights_accepts_legacy_tf_keras_weights(name, legacy_layout):
 
 
 NNX_CASES = {
-    "adam_defaults": lambda: kopt.functional.adam(0.05),   # no buckets on CPU
+    "adam_defaults": lambda: kopt.functional.adam(0.05),   # small leaves bucketed
+    "adam_no_buckets": lambda: kopt.functional.adam(0.05, bucket_threshold=0),
     "adam_buckets_ema": lambda: kopt.functional.adam(0.05, bucket_threshold=16, use_ema=True),
     "muon": lambda: kopt.functional.muon(0.05),   # empty second moments on the Muon branch
     "adamw_int8": lambda: kopt.functional.adamw(0.05, state_dtype="int8", min_quantized_size=16,

@@ -168,7 +168,9 @@ def test_wrapper_state_survives_model_save_and_load(tmp_path):
 def test_wrapper_learning_rate_weights_and_errors():
     model = make_model()
     variables = model.trainable_variables
-    inner = kopt.optimizers.SGD(0.1, momentum=0.9)
+    # Bucketing off, so each momentum is a Keras variable of its own (with the default,
+    # the small momenta share one bucket variable).
+    inner = kopt.optimizers.SGD(0.1, momentum=0.9, bucket_threshold=0)
     wrapped = kopt_keras.wrap(inner, name="kopt_sgd")
     assert wrapped.name == "kopt_sgd" and float(wrapped.learning_rate) == pytest.approx(0.1)
     wrapped.build(variables)

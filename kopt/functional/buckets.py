@@ -32,8 +32,9 @@ shapes (`Packed.layout`), derived where it is needed: at trace time of a step, n
 call. Users never see buckets: updates are pytrees like params, and `Packed.to_tree()` /
 `Packed.leaf(i)` give per-param views.
 
-The choice is automatic (`bucket_threshold=None`): on by default on GPU and TPU, off on
-CPU; see `DEFAULT_BUCKET_THRESHOLD` for the measurements behind it. `bucket_threshold=0`
+The choice is automatic (`bucket_threshold=None`): leaves of up to `AUTO_BUCKET_SIZE`
+elements are bucketed on every backend; see `DEFAULT_BUCKET_THRESHOLD` for the
+measurements behind it. `bucket_threshold=0`
 turns bucketing off everywhere, and any positive size turns it on.
 
 A leaf whose *type* says it is split across devices (a param on a mesh with `Explicit`
@@ -76,19 +77,21 @@ __all__ = [
 ]
 
 DEFAULT_BUCKET_THRESHOLD = None
-"""`None` means automatic: bucket leaves of up to `AUTO_BUCKET_SIZE` elements on GPU and
-TPU, and bucket nothing on CPU.
+"""`None` means automatic: bucket leaves of up to `AUTO_BUCKET_SIZE` elements, on every
+backend.
 
 Measured with `benchmarks/step.py` (one process per row):
 - H100: bucketing made a 1000-leaf Adam step 5.2 ms instead of 52 ms and compile in 6.5 s
   instead of 17 s; ResNet-50-like Adam 1.84 ms instead of 5.97 ms.
-- XLA:CPU: each leaf's slice out of a bucket compiles to a kernel of its own (tens of ms
-  each), so a 1000-leaf Adam step took 37 s to compile against 12.5 s unbucketed, for a
-  step only ~1.6x faster.
+- XLA:CPU: with each leaf's slice out of a bucket at a constant offset, every leaf got a
+  kernel of its own (tens of ms of LLVM each), and a 1000-leaf Adam step took 3x optax's
+  compile time. The offsets are now runtime values on CPU (see
+  `kopt.functional.rule_runner`), so same-shaped leaves share one kernel; see
+  `benchmarks/README.md` for the figures.
 """
 
 AUTO_BUCKET_SIZE = 1 << 16
-"""The threshold automatic bucketing uses on accelerators (65,536 elements)."""
+"""The threshold automatic bucketing uses (65,536 elements)."""
 
 # `Layout.place` kinds (first entry of a leaf's place).
 BUCKETED, OWN, EMPTY = 0, -1, -2
@@ -96,9 +99,7 @@ BUCKETED, OWN, EMPTY = 0, -1, -2
 
 def resolve_threshold(bucket_threshold: int | None) -> int:
     """The threshold in force: `bucket_threshold`, or the automatic choice for `None`."""
-    if bucket_threshold is not None:
-        return bucket_threshold
-    return 0 if jax.default_backend() == "cpu" else AUTO_BUCKET_SIZE
+    return AUTO_BUCKET_SIZE if bucket_threshold is None else bucket_threshold
 
 
 def state_dtype_for(dtype) -> np.dtype:

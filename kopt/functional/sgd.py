@@ -63,8 +63,8 @@ def sgd(
       clipnorm, clipvalue, global_clipnorm: Keras's clipping; at most one. Default None.
         0 and `inf` mean no clipping; NaN is refused.
       bucket_threshold: leaves with at most this many elements share flat state buffers;
-        0 turns bucketing off. Default None: automatic, on for GPU/TPU and off for CPU
-        (see `kopt.functional.buckets`).
+        0 turns bucketing off. Default None: automatic, leaves of up to 65,536 elements
+        on every backend (see `kopt.functional.buckets`).
       loss_scale_factor: gradients are divided by it before anything else (the loss was
         multiplied by it; see the stateful `scale_loss`). Default None.
       use_ema: keep `ema`, Keras's moving average of the params after each step,

@@ -98,11 +98,12 @@ def state_shardings(tx_or_state: Transform | PyTree, params: PyTree) -> PyTree:
     >>> import jax, jax.numpy as jnp, kopt
     >>> from kopt.functional.sharding import state_shardings
     >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    >>> params = jax.device_put({"w": jnp.ones((8, 4))}, jax.NamedSharding(mesh, jax.P("data")))
+    >>> w = jnp.ones((1024, 128))  # larger than the bucket threshold: state of its own
+    >>> params = jax.device_put({"w": w}, jax.NamedSharding(mesh, jax.P("data")))
     >>> tx = kopt.functional.adam(1e-3)
     >>> state = jax.jit(tx.init, out_shardings=state_shardings(tx, params))(params)
     >>> state = jax.device_put(state, state_shardings(state, params))
-    >>> jax.tree.leaves(state.m)[0].sharding.spec
+    >>> state.m.to_tree()["w"].sharding.spec  # Adam's m of w, split like w
     P('data',)
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
@@ -186,11 +187,11 @@ def shard_state(tx: Transform, mesh: Mesh, axis: str = "data") -> Transform:
       >>> import jax, jax.numpy as jnp, kopt
       >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
       >>> tx = kopt.functional.sharding.shard_state(kopt.functional.adam(1e-3), mesh)
-      >>> params = {"w": jnp.ones((8, 4))}
+      >>> params = {"w": jnp.ones((1024, 128)), "b": jnp.ones(128)}
       >>> with jax.set_mesh(mesh):
       ...     state = jax.jit(tx.init)(params)  # m and v split over the "data" axis
-      >>> [leaf.sharding.spec for leaf in jax.tree.leaves(state.m)]
-      [P('data', None)]
+      >>> [leaf.sharding.spec for leaf in jax.tree.leaves(state.m)]  # b's bucket, then w
+      [P('data',), P('data', None)]
 
     Reference: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion
     Parameter Models" (2020), stage 1 (optimizer state partitioning).
