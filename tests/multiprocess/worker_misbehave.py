@@ -19,6 +19,12 @@ child = subprocess.Popen(["sleep", "600"])
 (worker.out_dir() / f"pids_{worker.process_id()}.txt").write_text(f"{os.getpid()} {child.pid}")
 print(f"process {worker.process_id()} of {worker.num_processes()} started", flush=True)
 if mode == "fail1" and worker.process_id() == 1:
+    # Fail while the others run: wait (bounded) until process 0 has started, or a loaded
+    # machine may see the harness stop it before it printed anything.
+    deadline = time.monotonic() + 20
+    while not (worker.out_dir() / "pids_0.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)   # its print follows the file
     print("process 1 fails on purpose", file=sys.stderr, flush=True)
     sys.exit(3)
 time.sleep(600)
