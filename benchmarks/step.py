@@ -98,6 +98,7 @@ if _ROOT not in sys.path:  # run the working tree's kopt even when it is not ins
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from bench_common import git_rev  # noqa: E402
 
 MB = 1 << 20
 BYTES_PER_PARAM = {"adam": 28, "sgdm": 20}    # float32 traffic of one step
@@ -675,17 +676,6 @@ def format_targets(rows) -> str:
 
 
 # --------------------------------------------------------------------------- main
-def _git_rev():
-    try:
-        rev = subprocess.run(["git", "-C", _ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", _ROOT, "status", "--porcelain", "--", "kopt"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ("+dirty" if dirty else "")) if rev else None
-    except Exception:
-        return None
-
-
 def _loadavg():
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -786,7 +776,7 @@ def main(argv=None):
     bucket = (args.kopt_bucket_threshold if args.kopt_bucket_threshold is not None
               else kopt.functional.DEFAULT_BUCKET_THRESHOLD)
     versions["kopt_bucket_threshold"] = bucket
-    versions["kopt_git"] = _git_rev()
+    versions["kopt_git"] = git_rev(_ROOT)
     load0 = _loadavg()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
           + f"; host: {platform.machine()}, {os.cpu_count()} CPUs, load average {load0}")

@@ -71,7 +71,6 @@ import glob
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import sysconfig
 import time
@@ -85,6 +84,7 @@ if _ROOT not in sys.path:  # run the working tree's kopt even when it is not ins
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from bench_common import git_rev  # noqa: E402
 
 ADAM = dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-7)
 ALL_MODELS = ("cnn", "transformer", "keras-fit")
@@ -527,17 +527,6 @@ def format_table(rows, meta) -> str:
     return "\n".join(lines)
 
 
-def _git_rev():
-    try:
-        rev = subprocess.run(["git", "-C", _ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", _ROOT, "status", "--porcelain", "--", "kopt"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ("+dirty" if dirty else "")) if rev else None
-    except Exception:
-        return None
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -615,7 +604,7 @@ def main(argv=None):
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": {"jax": jax.__version__, "optax": optax.__version__,
                      "keras": keras.__version__, "kopt": getattr(kopt, "__version__", None)},
-        "kopt_rev": _git_rev(), "loadavg": list(os.getloadavg()),
+        "kopt_rev": git_rev(_ROOT), "loadavg": list(os.getloadavg()),
         "seconds": time.perf_counter() - start,
     }
     meta["targets"] = targets(rows)
