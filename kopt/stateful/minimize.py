@@ -19,6 +19,7 @@ import warnings
 import jax
 
 from kopt.stateful.execution import CompiledStep
+from kopt.stateful.facade import _tracing
 from kopt.stateful.variable import LOCK, is_variable_like, variable_name
 
 __all__ = ["minimize", "MAX_CACHED_LOSSES"]
@@ -26,14 +27,6 @@ __all__ = ["minimize", "MAX_CACHED_LOSSES"]
 MAX_CACHED_LOSSES = 16
 """Compiled `minimize` steps an optimizer keeps; past that the oldest is dropped (with a
 warning: a new closure per call recompiles every step)."""
-
-
-def _tracing() -> bool:
-    try:
-        from jax._src import core
-        return not core.trace_state_clean()
-    except (ImportError, AttributeError):  # pragma: no cover - private API moved
-        return False
 
 
 def _flatten(variables, known: dict):
